@@ -132,14 +132,8 @@ impl Diagnostics {
     /// Sort by file, line, then message, and drop exact duplicates, so output is stable.
     pub fn sort(&mut self) {
         self.0.sort_by(|a, b| {
-            (&a.file, a.line, a.severity, &a.object, &a.field, &a.message).cmp(&(
-                &b.file,
-                b.line,
-                b.severity,
-                &b.object,
-                &b.field,
-                &b.message,
-            ))
+            (&a.file, a.line, a.severity, &a.object, &a.field, &a.message)
+                .cmp(&(&b.file, b.line, b.severity, &b.object, &b.field, &b.message))
         });
         self.0.dedup();
     }

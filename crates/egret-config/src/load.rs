@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::ConfigSet;
 use crate::diag::{Diagnostic, Diagnostics, ObjectRef, Origin, Severity};
 use crate::object::{Kind, Meta, Object};
 use crate::types::MeshConfig;
 use crate::unsupported;
 use crate::yaml::{self, Positions};
-use crate::ConfigSet;
 
 /// Input that could not be read at all (exit code 2 in `egret validate`).
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ impl Loader {
         })?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            collect_yaml_files(path, &mut files).map_err(|source| LoadError::Unreadable {
+            collect_yaml_files(path, &mut files, &mut Default::default()).map_err(|source| LoadError::Unreadable {
                 path: path.display().to_string(),
                 source,
             })?;
@@ -200,7 +200,11 @@ impl Loader {
             return;
         }
         if kind.is_empty() || api_version.is_empty() {
-            let missing = if kind.is_empty() { "kind" } else { "apiVersion" };
+            let missing = if kind.is_empty() {
+                "kind"
+            } else {
+                "apiVersion"
+            };
             self.diags.push(file_diag(
                 file,
                 origin.positions.start(),
@@ -216,8 +220,18 @@ impl Loader {
 
         match (group, kind) {
             ("", "List") => {
-                let Some(items) = value.get("items").and_then(Value::as_array) else {
-                    return;
+                let items = match value.get("items") {
+                    Some(Value::Array(items)) => items,
+                    None | Some(Value::Null) => return,
+                    Some(_) => {
+                        self.diags.push(file_diag(
+                            file,
+                            origin.line_of("items"),
+                            Severity::Error,
+                            "List: items: must be a list of objects".into(),
+                        ));
+                        return;
+                    }
                 };
                 for (i, item) in items.iter().enumerate() {
                     let p = origin.positions.subtree(&format!("items[{i}]"));
@@ -269,7 +283,13 @@ impl Loader {
                         let o = self.typed(Kind::WorkloadEntry, api_version, &value, origin);
                         self.set.workload_entries.extend(o);
                     }
-                    _ => self.unknown_kind(file, &origin, api_version, kind, KNOWN_UNREAD_ISTIO_KINDS),
+                    _ => self.unknown_kind(
+                        file,
+                        &origin,
+                        api_version,
+                        kind,
+                        KNOWN_UNREAD_ISTIO_KINDS,
+                    ),
                 }
             }
             ("security.istio.io", _) => {
@@ -287,7 +307,13 @@ impl Loader {
                             self.typed(Kind::RequestAuthentication, api_version, &value, origin);
                         self.set.request_authentications.extend(o);
                     }
-                    _ => self.unknown_kind(file, &origin, api_version, kind, KNOWN_UNREAD_ISTIO_KINDS),
+                    _ => self.unknown_kind(
+                        file,
+                        &origin,
+                        api_version,
+                        kind,
+                        KNOWN_UNREAD_ISTIO_KINDS,
+                    ),
                 }
             }
             ("istio.alibabacloud.com", _) => match (version, kind) {
@@ -352,9 +378,7 @@ impl Loader {
                 file,
                 origin.positions.start(),
                 Severity::Note,
-                format!(
-                    "skipped ConfigMap {name}: only the `istio` ConfigMap's data.mesh is read"
-                ),
+                format!("skipped ConfigMap {name}: only the `istio` ConfigMap's data.mesh is read"),
             )),
         }
     }
@@ -387,12 +411,8 @@ impl Loader {
                 format!("kind: unknown kind {kind:?} in {api_version}"),
             )
         };
-        self.diags.push(file_diag(
-            file,
-            origin.line_of("kind"),
-            severity,
-            message,
-        ));
+        self.diags
+            .push(file_diag(file, origin.line_of("kind"), severity, message));
     }
 
     /// Deserialize metadata + spec into `Object<S>`; push diagnostics. `None` on errors.
@@ -429,6 +449,18 @@ impl Loader {
             Some(v) if !v.is_null() => v.clone(),
             _ => Value::Object(Default::default()),
         };
+        if !spec_value.is_object() {
+            // serde would read a struct from a sequence, field by field in order.
+            self.diags.push(Diagnostic {
+                severity: Severity::Error,
+                file: origin.file.to_string(),
+                line: origin.line_of("spec"),
+                object: Some(oref),
+                field: "spec".into(),
+                message: "must be a mapping".into(),
+            });
+            return None;
+        }
         let outcome = deserialize_reporting::<S>(spec_value, "spec");
         for (severity, field, message) in outcome.diags {
             if severity == Severity::Error {
@@ -461,7 +493,9 @@ impl Loader {
                 }
             }
         }
-        for (field, message) in unsupported::check(kind, value.get("spec").unwrap_or(&Value::Null)) {
+        // Checked on the spec as deserialized (snake_case keys renamed), so `cors_policy` is
+        // reported like `corsPolicy`.
+        for (field, message) in unsupported::check(kind, &outcome.normalized) {
             self.diags.push(Diagnostic {
                 severity: Severity::Warning,
                 file: origin.file.to_string(),
@@ -511,7 +545,7 @@ impl Loader {
         let mut last_origin = None;
         for (v, o) in std::mem::take(&mut self.mesh_docs) {
             // Each document is checked against its own lines.
-            let outcome = deserialize_reporting::<MeshConfig>(v.clone(), "");
+            let outcome = deserialize_reporting::<MeshConfig>(v, "");
             let oref = ObjectRef {
                 kind: "MeshConfig".into(),
                 namespace: String::new(),
@@ -533,7 +567,7 @@ impl Loader {
                     message,
                 });
             }
-            for (field, message) in unsupported::check(Kind::MeshConfig, &v) {
+            for (field, message) in unsupported::check(Kind::MeshConfig, &outcome.normalized) {
                 self.diags.push(Diagnostic {
                     severity: Severity::Warning,
                     file: o.file.to_string(),
@@ -544,7 +578,8 @@ impl Loader {
                 });
             }
             if outcome.value.is_some() {
-                merge_json(&mut merged, v);
+                // The normalized document: snake_case keys reported as accepted must be used.
+                merge_json(&mut merged, outcome.normalized);
                 last_origin = Some(o);
             }
         }
@@ -555,7 +590,16 @@ impl Loader {
     }
 }
 
-fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// `visited` holds the canonical directories already walked, so a symlink cycle (`a/up -> ..`)
+/// neither loops nor reads the same files again under longer names.
+fn collect_yaml_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut std::collections::HashSet<PathBuf>,
+) -> std::io::Result<()> {
+    if !visited.insert(std::fs::canonicalize(dir)?) {
+        return Ok(());
+    }
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -566,7 +610,7 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()>
         }
         let p = e.path();
         if p.is_dir() {
-            collect_yaml_files(&p, out)?;
+            collect_yaml_files(&p, out, visited)?;
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
             out.push(p);
         }
@@ -612,7 +656,8 @@ fn read_meta(value: &Value, default_ns: &str) -> (Meta, Vec<(String, String)>) {
     };
     let namespace = match md.and_then(|m| m.get("namespace")) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => default_ns.to_string(),
+        // `namespace: ""` means the default namespace, as in kubectl.
+        None | Some(Value::Null) | Some(Value::String(_)) => default_ns.to_string(),
         Some(_) => {
             errors.push(("metadata.namespace".into(), "must be a string".into()));
             default_ns.to_string()
@@ -657,6 +702,8 @@ fn read_meta(value: &Value, default_ns: &str) -> (Meta, Vec<(String, String)>) {
 pub(crate) struct Deserialized<T> {
     pub value: Option<T>,
     pub diags: Vec<(Severity, String, String)>,
+    /// The input with accepted snake_case keys renamed to their camelCase spelling.
+    pub normalized: Value,
 }
 
 /// Deserialize `value` as `T`, reporting type errors with their field path, unknown fields as
@@ -673,9 +720,7 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
     // Rename ignored snake_case keys whose camelCase form is free, then try again.
     let mut renamed = Vec::new();
     for path in &ignored {
-        let Some((parent, key)) = split_last(path) else {
-            continue;
-        };
+        let (parent, key) = split_last(path);
         if !key.contains('_') {
             continue;
         }
@@ -691,6 +736,18 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
     }
     if !renamed.is_empty() {
         (result, ignored) = try_deserialize::<T>(&value, prefix);
+        // A type error below a renamed key is reported under the spelling the user wrote
+        // (and so at its line).
+        if let Err((path, _)) = &mut result {
+            for (old, new, _) in &renamed {
+                if let Some(rest) = path.strip_prefix(new.as_str()) {
+                    if rest.is_empty() || rest.starts_with(['.', '[']) {
+                        *path = format!("{old}{rest}");
+                        break;
+                    }
+                }
+            }
+        }
         for (old, new, camel) in renamed {
             if ignored.contains(&new) {
                 // Still unknown under its camelCase name: report the original spelling.
@@ -700,7 +757,9 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
                 diags.push((
                     Severity::Warning,
                     old,
-                    format!("snake_case field name accepted; Istio's CRD schema spells it {camel:?}"),
+                    format!(
+                        "snake_case field name accepted; Istio's CRD schema spells it {camel:?}"
+                    ),
                 ));
             }
         }
@@ -708,6 +767,7 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
     for path in ignored {
         diags.push((Severity::Warning, path, "unknown field, ignored".into()));
     }
+    let value_json = value;
     let value = match result {
         Ok(v) => Some(v),
         Err((path, msg)) => {
@@ -715,7 +775,11 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
             None
         }
     };
-    Deserialized { value, diags }
+    Deserialized {
+        value,
+        diags,
+        normalized: value_json,
+    }
 }
 
 type TryResult<T> = (Result<T, (String, String)>, Vec<String>);
@@ -774,10 +838,12 @@ fn join_path(prefix: &str, rest: &str) -> String {
     }
 }
 
-/// `a.b[0].c` -> (`a.b[0]`, `c`)
-fn split_last(path: &str) -> Option<(&str, &str)> {
-    let i = path.rfind('.')?;
-    Some((&path[..i], &path[i + 1..]))
+/// `a.b[0].c` -> (`a.b[0]`, `c`); `c` -> (``, `c`) (a top-level MeshConfig field).
+fn split_last(path: &str) -> (&str, &str) {
+    match path.rfind('.') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
 }
 
 /// Walk a path (relative to the deserialized root, which sits at `prefix`).
@@ -852,7 +918,14 @@ mod tests {
     fn path_helpers() {
         assert_eq!(join_path("spec", "[0].a"), "spec[0].a");
         assert_eq!(join_path("spec", "a"), "spec.a");
-        assert_eq!(split_last("spec.tls[0].match[0].sni_hosts"), Some(("spec.tls[0].match[0]", "sni_hosts")));
+        assert_eq!(
+            split_last("spec.tls[0].match[0].sni_hosts"),
+            ("spec.tls[0].match[0]", "sni_hosts")
+        );
+        assert_eq!(
+            split_last("outbound_traffic_policy"),
+            ("", "outbound_traffic_policy")
+        );
         let mut v: Value = serde_json::json!({"tls": [{"match": [{"x": 1}]}]});
         assert!(lookup_mut(&mut v, "spec", "spec.tls[0].match[0]").is_some());
     }

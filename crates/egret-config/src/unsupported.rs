@@ -8,50 +8,226 @@ use crate::object::Kind;
 
 /// (kind, field path with `[]` for "every item", why / what happens instead)
 pub const UNSUPPORTED: &[(Kind, &str, &str)] = &[
-    (Kind::ServiceEntry, "endpoints[].network", "multi-network routing is not implemented"),
-    (Kind::WorkloadEntry, "network", "multi-network routing is not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.tunnel", "HTTP CONNECT/POST tunnelling to the upstream is not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.proxyProtocol", "PROXY protocol towards upstreams is not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.retryBudget", "retry budgets are not implemented; maxRetries still applies"),
-    (Kind::DestinationRule, "trafficPolicy.loadBalancer.warmup", "slow-start warmup is not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.loadBalancer.warmupDurationSecs", "slow-start warmup is not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.portLevelSettings[].loadBalancer.warmup", "slow-start warmup is not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.connectionPool.http.http2KeepAlive", "HTTP/2 keepalive pings are not implemented"),
-    (Kind::DestinationRule, "trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes", "cookie attributes are not implemented"),
-    (Kind::DestinationRule, "subsets[].trafficPolicy.tunnel", "HTTP CONNECT/POST tunnelling to the upstream is not implemented"),
-    (Kind::DestinationRule, "subsets[].trafficPolicy.proxyProtocol", "PROXY protocol towards upstreams is not implemented"),
-    (Kind::VirtualService, "http[].delegate", "VirtualService delegation is not implemented; the route is dropped"),
-    (Kind::VirtualService, "http[].corsPolicy", "CORS is a browser concern of ingress, not egress"),
-    (Kind::VirtualService, "http[].match[].statPrefix", "per-match stat prefixes are not implemented"),
-    (Kind::VirtualService, "http[].fault.delay.exponentialDelay", "only fixedDelay is implemented"),
-    (Kind::VirtualService, "http[].fault.abort.grpcStatus", "only httpStatus aborts are implemented"),
-    (Kind::VirtualService, "http[].fault.abort.http2Error", "only httpStatus aborts are implemented"),
-    (Kind::VirtualService, "http[].retries.retryRemoteLocalities", "locality-aware retries are not implemented"),
-    (Kind::VirtualService, "tcp[].match[].sourceSubnet", "deprecated and never implemented by Istio"),
-    (Kind::Gateway, "servers[].defaultEndpoint", "only meaningful for Istio's sidecar ingress"),
-    (Kind::Gateway, "servers[].tls.verifyCertificateSpki", "SPKI pinning is not implemented; use subjectAltNames"),
-    (Kind::Gateway, "servers[].tls.verifyCertificateHash", "certificate-hash pinning is not implemented; use subjectAltNames"),
-    (Kind::Gateway, "servers[].tls.cipherSuites", "egret uses rustls's safe default cipher suites"),
-    (Kind::Gateway, "servers[].tls.tlsCertificates", "use serverCertificate/privateKey or credentialName"),
-    (Kind::Gateway, "servers[].tls.credentialNames", "use a single credentialName"),
-    (Kind::Gateway, "servers[].tls.caCertCredentialName", "use caCertificates or the credential's ca.crt"),
-    (Kind::Sidecar, "ingress", "egret handles outbound (egress) traffic only; inbound listeners are not configured"),
-    (Kind::Sidecar, "inboundConnectionPool", "egret handles outbound (egress) traffic only"),
-    (Kind::Sidecar, "outboundTrafficPolicy.egressProxy", "sending unknown traffic to an egress proxy is not implemented; route through an egress gateway instead"),
-    (Kind::AuthorizationPolicy, "targetRef", "Gateway-API policy attachment is not implemented; use selector"),
-    (Kind::AuthorizationPolicy, "targetRefs", "Gateway-API policy attachment is not implemented; use selector"),
-    (Kind::RequestAuthentication, "targetRef", "Gateway-API policy attachment is not implemented; use selector"),
-    (Kind::RequestAuthentication, "targetRefs", "Gateway-API policy attachment is not implemented; use selector"),
-    (Kind::MeshConfig, "defaultConfig", "ProxyConfig is Envoy/istio-agent configuration; egret takes its settings from the command line"),
-    (Kind::MeshConfig, "extensionProviders[].zipkin", "only opentelemetry tracing is implemented"),
-    (Kind::MeshConfig, "extensionProviders[].datadog", "only opentelemetry tracing is implemented"),
-    (Kind::MeshConfig, "extensionProviders[].skywalking", "only opentelemetry tracing is implemented"),
-    (Kind::MeshConfig, "extensionProviders[].stackdriver", "only opentelemetry tracing is implemented"),
-    (Kind::MeshConfig, "extensionProviders[].lightstep", "only opentelemetry tracing is implemented"),
-    (Kind::MeshConfig, "extensionProviders[].envoyOtelAls", "access logs go to accessLogFile"),
-    (Kind::MeshConfig, "extensionProviders[].envoyHttpAls", "access logs go to accessLogFile"),
-    (Kind::MeshConfig, "extensionProviders[].envoyTcpAls", "access logs go to accessLogFile"),
-    (Kind::MeshConfig, "extensionProviders[].sds", "egret reads certificates from files and its own CA"),
+    (
+        Kind::ServiceEntry,
+        "endpoints[].network",
+        "multi-network routing is not implemented",
+    ),
+    (
+        Kind::WorkloadEntry,
+        "network",
+        "multi-network routing is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.tunnel",
+        "HTTP CONNECT/POST tunnelling to the upstream is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.proxyProtocol",
+        "PROXY protocol towards upstreams is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.retryBudget",
+        "retry budgets are not implemented; maxRetries still applies",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.loadBalancer.warmup",
+        "slow-start warmup is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.loadBalancer.warmupDurationSecs",
+        "slow-start warmup is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.portLevelSettings[].loadBalancer.warmup",
+        "slow-start warmup is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.connectionPool.http.http2KeepAlive",
+        "HTTP/2 keepalive pings are not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
+        "cookie attributes are not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "subsets[].trafficPolicy.tunnel",
+        "HTTP CONNECT/POST tunnelling to the upstream is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "subsets[].trafficPolicy.proxyProtocol",
+        "PROXY protocol towards upstreams is not implemented",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].delegate",
+        "VirtualService delegation is not implemented; the route is dropped",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].corsPolicy",
+        "CORS is a browser concern of ingress, not egress",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].match[].statPrefix",
+        "per-match stat prefixes are not implemented",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].fault.delay.exponentialDelay",
+        "only fixedDelay is implemented",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].fault.abort.grpcStatus",
+        "only httpStatus aborts are implemented",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].fault.abort.http2Error",
+        "only httpStatus aborts are implemented",
+    ),
+    (
+        Kind::VirtualService,
+        "http[].retries.retryRemoteLocalities",
+        "locality-aware retries are not implemented",
+    ),
+    (
+        Kind::VirtualService,
+        "tcp[].match[].sourceSubnet",
+        "deprecated and never implemented by Istio",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].defaultEndpoint",
+        "only meaningful for Istio's sidecar ingress",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].tls.verifyCertificateSpki",
+        "SPKI pinning is not implemented; use subjectAltNames",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].tls.verifyCertificateHash",
+        "certificate-hash pinning is not implemented; use subjectAltNames",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].tls.cipherSuites",
+        "egret uses rustls's safe default cipher suites",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].tls.tlsCertificates",
+        "use serverCertificate/privateKey or credentialName",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].tls.credentialNames",
+        "use a single credentialName",
+    ),
+    (
+        Kind::Gateway,
+        "servers[].tls.caCertCredentialName",
+        "use caCertificates or the credential's ca.crt",
+    ),
+    (
+        Kind::Sidecar,
+        "ingress",
+        "egret handles outbound (egress) traffic only; inbound listeners are not configured",
+    ),
+    (
+        Kind::Sidecar,
+        "inboundConnectionPool",
+        "egret handles outbound (egress) traffic only",
+    ),
+    (
+        Kind::Sidecar,
+        "outboundTrafficPolicy.egressProxy",
+        "sending unknown traffic to an egress proxy is not implemented; route through an egress gateway instead",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "targetRef",
+        "Gateway-API policy attachment is not implemented; use selector",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "targetRefs",
+        "Gateway-API policy attachment is not implemented; use selector",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "targetRef",
+        "Gateway-API policy attachment is not implemented; use selector",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "targetRefs",
+        "Gateway-API policy attachment is not implemented; use selector",
+    ),
+    (
+        Kind::MeshConfig,
+        "defaultConfig",
+        "ProxyConfig is Envoy/istio-agent configuration; egret takes its settings from the command line",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].zipkin",
+        "only opentelemetry tracing is implemented",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].datadog",
+        "only opentelemetry tracing is implemented",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].skywalking",
+        "only opentelemetry tracing is implemented",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].stackdriver",
+        "only opentelemetry tracing is implemented",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].lightstep",
+        "only opentelemetry tracing is implemented",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].envoyOtelAls",
+        "access logs go to accessLogFile",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].envoyHttpAls",
+        "access logs go to accessLogFile",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].envoyTcpAls",
+        "access logs go to accessLogFile",
+    ),
+    (
+        Kind::MeshConfig,
+        "extensionProviders[].sds",
+        "egret reads certificates from files and its own CA",
+    ),
 ];
 
 /// The concrete paths (prefixed `spec.` for kinds other than MeshConfig) of unsupported fields
@@ -110,7 +286,8 @@ mod tests {
 
     #[test]
     fn finds_nested_paths() {
-        let spec = serde_json::json!({"http": [{"route": []}, {"corsPolicy": {"allowOrigins": []}}]});
+        let spec =
+            serde_json::json!({"http": [{"route": []}, {"corsPolicy": {"allowOrigins": []}}]});
         let found = check(Kind::VirtualService, &spec);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, "spec.http[1].corsPolicy");

@@ -53,7 +53,8 @@ impl Positions {
         for (k, v) in &self.lines {
             if let Some(rest) = k.strip_prefix(prefix) {
                 let rest = rest.strip_prefix('.').unwrap_or(rest);
-                if rest.is_empty() || k.len() > prefix.len() && !k[prefix.len()..].starts_with(['.', '['])
+                if rest.is_empty()
+                    || k.len() > prefix.len() && !k[prefix.len()..].starts_with(['.', '['])
                 {
                     continue;
                 }
@@ -79,19 +80,37 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// Deepest nesting of collections accepted. Kubernetes objects stay far below it; beyond it
+/// the recursive consumers of the tree (serde, `Drop`) could exhaust the stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Most values alias expansion (`*name`) may add to one document: anchors that alias each other
+/// grow exponentially (a "billion laughs" document).
+pub const MAX_ALIAS_EXPANSION: usize = 100_000;
+
 /// Parse a multi-document YAML stream. Empty documents (only comments, or `---` with nothing
 /// after it) are dropped, as kubectl does.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     let mut builder = Builder::default();
+    // A byte-order mark (editors on Windows write one) is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
-        return Err(YamlError {
+    // Pull events one at a time rather than `Parser::load`, which recurses once per nesting
+    // level and overflows the stack on deeply nested block collections; stop at the first
+    // error (the builder also bounds nesting depth and alias expansion).
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| YamlError {
             line: e.marker().line(),
             message: e.info().to_string(),
-        });
-    }
-    if let Some(err) = builder.error {
-        return Err(err);
+        })?;
+        let end = ev == Event::StreamEnd;
+        builder.on_event(ev, mark);
+        if let Some(err) = builder.error.take() {
+            return Err(err);
+        }
+        if end {
+            break;
+        }
     }
     Ok(builder
         .docs
@@ -122,6 +141,8 @@ struct Builder {
     anchors: HashMap<usize, Value>,
     error: Option<YamlError>,
     doc_start: usize,
+    /// Values added by alias expansion so far (see [`MAX_ALIAS_EXPANSION`]).
+    expanded: usize,
 }
 
 impl Builder {
@@ -182,6 +203,10 @@ impl Builder {
                             String::new()
                         }
                     };
+                    if map.contains_key(&key) {
+                        // Reported here, at the key's line, not where its value ends.
+                        error = Some(format!("duplicate key {:?}", join(path, &key)));
+                    }
                     let p = join(path, &key);
                     self.positions.lines.insert(p, line);
                     *pending_key = Some(key);
@@ -218,11 +243,21 @@ impl MarkedEventReceiver for Builder {
             return;
         }
         let line = mark.line();
+        if self.stack.is_empty()
+            && matches!(
+                ev,
+                Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..)
+            )
+        {
+            // The document starts where its content does, not at a `---` line before it.
+            self.doc_start = line;
+        }
         match ev {
             Event::DocumentStart => {
                 self.doc_start = line;
                 self.positions = Positions::default();
                 self.anchors.clear();
+                self.expanded = 0;
             }
             Event::DocumentEnd => {
                 // A document with only comments produces no value: record nothing.
@@ -245,12 +280,30 @@ impl MarkedEventReceiver for Builder {
                 self.push_value(v, line);
             }
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(v) => self.push_value(v, line),
-                None => self.fail(line, format!("unknown alias {id}")),
+                Some(v) => {
+                    self.expanded = self.expanded.saturating_add(count_values(&v));
+                    if self.expanded > MAX_ALIAS_EXPANSION {
+                        self.fail(
+                            line,
+                            format!("aliases expand to more than {MAX_ALIAS_EXPANSION} values"),
+                        );
+                        return;
+                    }
+                    self.push_value(v, line)
+                }
+                // The parser keeps anchors across documents; YAML does not.
+                None => self.fail(
+                    line,
+                    "alias to an anchor not defined in this document".into(),
+                ),
             },
             Event::SequenceStart(anchor, _) => {
                 if self.is_key_position() {
                     self.fail(line, "mapping keys must be scalars".into());
+                    return;
+                }
+                if self.stack.len() >= MAX_DEPTH {
+                    self.fail(line, format!("nested deeper than {MAX_DEPTH} levels"));
                     return;
                 }
                 let path = self.next_path().unwrap_or_default();
@@ -264,6 +317,10 @@ impl MarkedEventReceiver for Builder {
             Event::MappingStart(anchor, _) => {
                 if self.is_key_position() {
                     self.fail(line, "mapping keys must be scalars".into());
+                    return;
+                }
+                if self.stack.len() >= MAX_DEPTH {
+                    self.fail(line, format!("nested deeper than {MAX_DEPTH} levels"));
                     return;
                 }
                 let path = self.next_path().unwrap_or_default();
@@ -288,6 +345,15 @@ impl MarkedEventReceiver for Builder {
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
+    }
+}
+
+/// The number of values in `v` (itself included). Depth is bounded by [`MAX_DEPTH`].
+fn count_values(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => a.iter().map(count_values).fold(1, usize::saturating_add),
+        Value::Object(m) => m.values().map(count_values).fold(1, usize::saturating_add),
+        _ => 1,
     }
 }
 

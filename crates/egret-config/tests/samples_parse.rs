@@ -29,7 +29,11 @@ fn every_sample_parses_without_errors() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     entries.sort();
-    assert!(entries.len() >= 29, "expected the 29 YAML samples, found {}", entries.len());
+    assert!(
+        entries.len() >= 29,
+        "expected the 29 YAML samples, found {}",
+        entries.len()
+    );
     for path in entries {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let text = substitute_task_variables(&text);
@@ -39,9 +43,16 @@ fn every_sample_parses_without_errors() {
         for d in diags.iter() {
             eprintln!("{d}");
         }
-        let errors: Vec<_> = diags.iter().filter(|d| d.severity == Severity::Error).collect();
+        let errors: Vec<_> = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", path.display());
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         if !name.starts_with("01-") {
             assert!(set.object_count() > 0, "{name}: no objects read");
         }

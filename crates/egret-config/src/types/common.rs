@@ -192,7 +192,7 @@ pub struct WorkloadSelector {
 
 /// `istio.type.v1beta1.WorkloadSelector` (DestinationRule, AuthorizationPolicy,
 /// RequestAuthentication): `matchLabels:`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchLabelsSelector {
     #[serde(default)]
@@ -201,7 +201,7 @@ pub struct MatchLabelsSelector {
 
 /// `targetRef` / `targetRefs` (Gateway API policy attachment). Parsed; egret does not act on
 /// it (warned).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
     pub group: Option<String>,

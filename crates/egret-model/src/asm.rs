@@ -1,0 +1,329 @@
+//! Alibaba ASM `ASMEgressTrafficPolicy` expanded into the Istio objects ASM generates
+//! (`istio-egress-spec.md` §8). For each `to` destination of a policy in namespace N naming
+//! egress gateway G:
+//!
+//! - ServiceEntry `<policy>-<to>`: the hosts and port, DNS, MESH_EXTERNAL.
+//! - Gateway `<policy>` (selector `istio: G`): one server per gateway port, ISTIO_MUTUAL
+//!   (HTTPS for HTTP destinations, TLS for TLS/HTTPS ones), hosts = the destinations' hosts.
+//! - VirtualService `<policy>-<to>`: the mesh leg sends port traffic to
+//!   `G.N.svc.cluster.local` (subset `<to>`) on the gateway port; the gateway leg sends it to
+//!   the external host on its port.
+//! - DestinationRule `<policy>`: ISTIO_MUTUAL to the gateway per subset, SNI = first host.
+//! - Sidecar per distinct `from` (namespace + labels): imports only the allowed hosts and the
+//!   gateway, REGISTRY_ONLY — so workloads not named are blackholed.
+//!
+//! Sidecar -> gateway is always mutual TLS, as in ASM. The gateway itself must be described as
+//! a MESH_INTERNAL ServiceEntry when egret runs without Kubernetes.
+
+use std::collections::BTreeMap;
+
+use egret_config::types::*;
+use egret_config::{ConfigSet, Kind, Meta, Object};
+
+use crate::scope::Proto;
+
+/// The input with ASM policies expanded, and the `Kind ns/name` of each generated object.
+pub fn expand(input: &ConfigSet) -> (std::borrow::Cow<'_, ConfigSet>, Vec<String>) {
+    if input.asm_egress_policies.is_empty() {
+        return (std::borrow::Cow::Borrowed(input), Vec::new());
+    }
+    let mut set = input.clone();
+    let mut generated = Vec::new();
+    for p in &input.asm_egress_policies {
+        expand_one(p, &mut set, &mut generated);
+    }
+    (std::borrow::Cow::Owned(set), generated)
+}
+
+fn obj<S>(
+    src: &Object<AsmEgressTrafficPolicy>,
+    kind: Kind,
+    api: &str,
+    ns: &str,
+    name: String,
+    spec: S,
+    generated: &mut Vec<String>,
+) -> Object<S> {
+    generated.push(format!("{kind} {ns}/{name}"));
+    Object {
+        kind,
+        api_version: api.to_string(),
+        meta: Meta {
+            name,
+            namespace: ns.to_string(),
+            labels: Default::default(),
+            annotations: BTreeMap::from([(
+                "egret.dev/generated-from".to_string(),
+                format!("ASMEgressTrafficPolicy {}", src.key()),
+            )]),
+        },
+        spec,
+        origin: src.origin.clone(),
+        generated_from: Some(src.obj_ref()),
+    }
+}
+
+fn expand_one(
+    p: &Object<AsmEgressTrafficPolicy>,
+    set: &mut ConfigSet,
+    generated: &mut Vec<String>,
+) {
+    const NET: &str = "networking.istio.io/v1";
+    let Some(gw_name) = p.spec.by_egress_gateway.as_ref().and_then(|g| g.name.clone()) else {
+        return; // validation reports it
+    };
+    let ns = p.meta.namespace.clone();
+    let pname = p.meta.name.clone();
+    let gw_host = format!("{gw_name}.{ns}.svc.cluster.local");
+    let gw_ref = format!("{ns}/{pname}");
+
+    // Gateway servers by gateway port: (protocol, hosts)
+    let mut servers: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
+    let mut subsets = Vec::new();
+    // Sidecars by (namespace, labels): imported hosts
+    let mut sidecars: BTreeMap<(String, BTreeMap<String, String>), Vec<String>> = BTreeMap::new();
+
+    for rule in &p.spec.egress_rules {
+        for to in &rule.to {
+            let (Some(tname), Some(port), Some(gport)) = (
+                to.name.clone(),
+                to.port.clone(),
+                to.by_egress_gateway.as_ref().and_then(|g| g.port),
+            ) else {
+                continue;
+            };
+            let Some(number) = port.number else { continue };
+            if to.hosts.is_empty() {
+                continue;
+            }
+            let proto = Proto::parse(port.protocol.as_deref());
+            let http = proto.is_http();
+            let first_host = to.hosts[0].clone();
+
+            set.service_entries.push(obj(
+                p,
+                Kind::ServiceEntry,
+                NET,
+                &ns,
+                format!("{pname}-{tname}"),
+                ServiceEntry {
+                    hosts: to.hosts.clone(),
+                    ports: vec![ServicePort {
+                        number: Some(number),
+                        name: port.name.clone().or_else(|| Some(format!("port-{number}"))),
+                        protocol: port.protocol.clone(),
+                        target_port: None,
+                    }],
+                    location: Some(Location::MeshExternal),
+                    resolution: Some(Resolution::Dns),
+                    export_to: vec!["*".into()],
+                    ..Default::default()
+                },
+                generated,
+            ));
+
+            let server_proto = if http { "HTTPS" } else { "TLS" };
+            let e = servers
+                .entry(gport)
+                .or_insert_with(|| (server_proto.to_string(), Vec::new()));
+            e.1.extend(to.hosts.iter().cloned());
+
+            subsets.push(Subset {
+                name: Some(tname.clone()),
+                labels: Default::default(),
+                traffic_policy: Some(TrafficPolicy {
+                    port_level_settings: vec![PortTrafficPolicy {
+                        port: Some(PortSelector {
+                            number: Some(gport),
+                        }),
+                        tls: Some(ClientTlsSettings {
+                            mode: Some(ClientTlsMode::IstioMutual),
+                            sni: Some(first_host.clone()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            });
+
+            let to_gateway = Destination {
+                host: Some(gw_host.clone()),
+                subset: Some(tname.clone()),
+                port: Some(PortSelector {
+                    number: Some(gport),
+                }),
+            };
+            let to_external = Destination {
+                host: Some(first_host.clone()),
+                subset: None,
+                port: Some(PortSelector {
+                    number: Some(number),
+                }),
+            };
+            let vs = if http {
+                VirtualService {
+                    hosts: to.hosts.clone(),
+                    gateways: vec!["mesh".into(), gw_ref.clone()],
+                    http: vec![
+                        HttpRoute {
+                            matches: vec![HttpMatchRequest {
+                                gateways: vec!["mesh".into()],
+                                port: Some(number),
+                                ..Default::default()
+                            }],
+                            route: vec![HttpRouteDestination {
+                                destination: Some(to_gateway),
+                                weight: Some(100),
+                                headers: None,
+                            }],
+                            ..Default::default()
+                        },
+                        HttpRoute {
+                            matches: vec![HttpMatchRequest {
+                                gateways: vec![gw_ref.clone()],
+                                port: Some(gport),
+                                ..Default::default()
+                            }],
+                            route: vec![HttpRouteDestination {
+                                destination: Some(to_external),
+                                weight: Some(100),
+                                headers: None,
+                            }],
+                            ..Default::default()
+                        },
+                    ],
+                    export_to: vec!["*".into()],
+                    ..Default::default()
+                }
+            } else {
+                VirtualService {
+                    hosts: to.hosts.clone(),
+                    gateways: vec!["mesh".into(), gw_ref.clone()],
+                    tls: vec![TlsRoute {
+                        matches: vec![TlsMatchAttributes {
+                            sni_hosts: to.hosts.clone(),
+                            gateways: vec!["mesh".into()],
+                            port: Some(number),
+                            ..Default::default()
+                        }],
+                        route: vec![RouteDestination {
+                            destination: Some(to_gateway),
+                            weight: Some(100),
+                        }],
+                    }],
+                    tcp: vec![TcpRoute {
+                        matches: vec![L4MatchAttributes {
+                            gateways: vec![gw_ref.clone()],
+                            port: Some(gport),
+                            ..Default::default()
+                        }],
+                        route: vec![RouteDestination {
+                            destination: Some(to_external),
+                            weight: Some(100),
+                        }],
+                    }],
+                    export_to: vec!["*".into()],
+                    ..Default::default()
+                }
+            };
+            set.virtual_services.push(obj(
+                p,
+                Kind::VirtualService,
+                NET,
+                &ns,
+                format!("{pname}-{tname}"),
+                vs,
+                generated,
+            ));
+
+            for f in &rule.from {
+                let Some(fns) = f.namespace.clone() else {
+                    continue;
+                };
+                let hosts = sidecars
+                    .entry((fns, f.workload_selector.clone()))
+                    .or_default();
+                for h in &to.hosts {
+                    let entry = format!("{ns}/{h}");
+                    if !hosts.contains(&entry) {
+                        hosts.push(entry);
+                    }
+                }
+            }
+        }
+    }
+
+    if servers.is_empty() {
+        return;
+    }
+    set.gateways.push(obj(
+        p,
+        Kind::Gateway,
+        NET,
+        &ns,
+        pname.clone(),
+        Gateway {
+            selector: BTreeMap::from([("istio".to_string(), gw_name.clone())]),
+            servers: servers
+                .into_iter()
+                .map(|(port, (proto, hosts))| Server {
+                    port: Some(ServicePort {
+                        number: Some(port),
+                        name: Some(format!("{}-{port}", proto.to_ascii_lowercase())),
+                        protocol: Some(proto),
+                        target_port: None,
+                    }),
+                    hosts,
+                    tls: Some(ServerTlsSettings {
+                        mode: Some(ServerTlsMode::IstioMutual),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        },
+        generated,
+    ));
+    set.destination_rules.push(obj(
+        p,
+        Kind::DestinationRule,
+        NET,
+        &ns,
+        format!("{pname}-gateway"),
+        DestinationRule {
+            host: Some(gw_host.clone()),
+            subsets,
+            export_to: vec!["*".into()],
+            ..Default::default()
+        },
+        generated,
+    ));
+    for (i, ((fns, labels), mut hosts)) in sidecars.into_iter().enumerate() {
+        hosts.push(format!("*/{gw_host}"));
+        set.sidecars.push(obj(
+            p,
+            Kind::Sidecar,
+            NET,
+            &fns,
+            format!("{pname}-{i}"),
+            Sidecar {
+                workload_selector: if labels.is_empty() {
+                    None
+                } else {
+                    Some(WorkloadSelector { labels })
+                },
+                egress: vec![EgressListener {
+                    hosts,
+                    ..Default::default()
+                }],
+                outbound_traffic_policy: Some(OutboundTrafficPolicy {
+                    mode: Some(OutboundMode::RegistryOnly),
+                    egress_proxy: None,
+                }),
+                ..Default::default()
+            },
+            generated,
+        ));
+    }
+}
