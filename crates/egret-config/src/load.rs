@@ -89,9 +89,11 @@ impl Loader {
         })?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            collect_yaml_files(path, &mut files, &mut Default::default()).map_err(|source| LoadError::Unreadable {
-                path: path.display().to_string(),
-                source,
+            collect_yaml_files(path, &mut files, &mut Default::default()).map_err(|source| {
+                LoadError::Unreadable {
+                    path: path.display().to_string(),
+                    source,
+                }
             })?;
             for f in files {
                 self.add_file(&f)?;
@@ -544,13 +546,31 @@ impl Loader {
         let mut merged = Value::Object(Default::default());
         let mut last_origin = None;
         for (v, o) in std::mem::take(&mut self.mesh_docs) {
-            // Each document is checked against its own lines.
-            let outcome = deserialize_reporting::<MeshConfig>(v, "");
             let oref = ObjectRef {
                 kind: "MeshConfig".into(),
                 namespace: String::new(),
                 name: "mesh".into(),
             };
+            // An empty `meshConfig:` is an empty mesh config; anything else must be a mapping
+            // (serde would read a struct from a sequence, field by field in order).
+            let v = if v.is_null() {
+                Value::Object(Default::default())
+            } else {
+                v
+            };
+            if !v.is_object() {
+                self.diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: o.file.to_string(),
+                    line: o.positions.start(),
+                    object: Some(oref),
+                    field: String::new(),
+                    message: "must be a mapping".into(),
+                });
+                continue;
+            }
+            // Each document is checked against its own lines.
+            let outcome = deserialize_reporting::<MeshConfig>(v, "");
             for (severity, field, message) in outcome.diags {
                 // Unknown MeshConfig fields are the many Istio settings egret does not use.
                 let message = if message == "unknown field, ignored" {
@@ -725,13 +745,12 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
             continue;
         }
         let camel = snake_to_camel(key);
-        if let Some(Value::Object(m)) = lookup_mut(&mut value, prefix, parent) {
-            if !m.contains_key(&camel) {
-                if let Some(v) = m.remove(key) {
-                    m.insert(camel.clone(), v);
-                    renamed.push((path.clone(), join_path(parent, &camel), camel));
-                }
-            }
+        if let Some(Value::Object(m)) = lookup_mut(&mut value, prefix, parent)
+            && !m.contains_key(&camel)
+            && let Some(v) = m.remove(key)
+        {
+            m.insert(camel.clone(), v);
+            renamed.push((path.clone(), join_path(parent, &camel), camel));
         }
     }
     if !renamed.is_empty() {
@@ -740,11 +759,11 @@ pub(crate) fn deserialize_reporting<T: DeserializeOwned>(
         // (and so at its line).
         if let Err((path, _)) = &mut result {
             for (old, new, _) in &renamed {
-                if let Some(rest) = path.strip_prefix(new.as_str()) {
-                    if rest.is_empty() || rest.starts_with(['.', '[']) {
-                        *path = format!("{old}{rest}");
-                        break;
-                    }
+                if let Some(rest) = path.strip_prefix(new.as_str())
+                    && (rest.is_empty() || rest.starts_with(['.', '[']))
+                {
+                    *path = format!("{old}{rest}");
+                    break;
                 }
             }
         }

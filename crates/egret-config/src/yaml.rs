@@ -246,7 +246,10 @@ impl MarkedEventReceiver for Builder {
         if self.stack.is_empty()
             && matches!(
                 ev,
-                Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..)
+                Event::Scalar(..)
+                    | Event::Alias(_)
+                    | Event::SequenceStart(..)
+                    | Event::MappingStart(..)
             )
         {
             // The document starts where its content does, not at a `---` line before it.
@@ -269,10 +272,8 @@ impl MarkedEventReceiver for Builder {
                 } else {
                     scalar(text, style)
                 };
-                if !key {
-                    if let Some(p) = self.next_path() {
-                        self.positions.lines.entry(p).or_insert(line);
-                    }
+                if !key && let Some(p) = self.next_path() {
+                    self.positions.lines.entry(p).or_insert(line);
                 }
                 if anchor > 0 {
                     self.anchors.insert(anchor, v.clone());
@@ -376,12 +377,11 @@ fn scalar(text: String, style: TScalarStyle) -> Value {
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         && text.bytes().any(|b| b.is_ascii_digit());
-    if looks_float {
-        if let Ok(f) = text.parse::<f64>() {
-            if let Some(n) = Number::from_f64(f) {
-                return Value::Number(n);
-            }
-        }
+    if looks_float
+        && let Ok(f) = text.parse::<f64>()
+        && let Some(n) = Number::from_f64(f)
+    {
+        return Value::Number(n);
     }
     Value::String(text)
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use egret_config::types::*;
 use egret_config::unsupported::UNSUPPORTED;
-use egret_config::{ConfigSet, Diagnostic, Kind, LoadError, LoadOptions, Loader, ObjectRef, Severity};
+use egret_config::{
+    ConfigSet, Diagnostic, Kind, LoadError, LoadOptions, Loader, ObjectRef, Severity,
+};
 
 const FILE: &str = "test.yaml";
 
@@ -81,7 +83,9 @@ fn yaml_bad_indentation() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:5: error: invalid YAML: while parsing a block mapping, did not find expected key"]
+        [
+            "test.yaml:5: error: invalid YAML: while parsing a block mapping, did not find expected key"
+        ]
     );
 }
 
@@ -110,7 +114,9 @@ fn yaml_tab_indentation() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:4: error: invalid YAML: tabs disallowed within this context (block indentation)"]
+        [
+            "test.yaml:4: error: invalid YAML: tabs disallowed within this context (block indentation)"
+        ]
     );
 }
 
@@ -150,7 +156,10 @@ fn yaml_duplicate_key_with_block_value_points_at_the_key() {
         "",
         "  hosts: [a.example.com]",
     ]);
-    assert_eq!(d, ["test.yaml:9: error: invalid YAML: duplicate key \"spec.ports\""]);
+    assert_eq!(
+        d,
+        ["test.yaml:9: error: invalid YAML: duplicate key \"spec.ports\""]
+    );
 }
 
 #[test]
@@ -181,7 +190,10 @@ fn yaml_error_in_a_later_document_rejects_the_whole_file() {
         "  name: bad",
         "  name: worse",
     ]);
-    assert_eq!(d, ["test.yaml:12: error: invalid YAML: duplicate key \"metadata.name\""]);
+    assert_eq!(
+        d,
+        ["test.yaml:12: error: invalid YAML: duplicate key \"metadata.name\""]
+    );
     assert_eq!(set.object_count(), 0);
 }
 
@@ -248,10 +260,16 @@ fn yaml_anchors_and_aliases_within_a_document_work() {
     ]);
     assert_eq!(d, Vec::<String>::new());
     let se = &set.service_entries[0];
-    assert_eq!(se.spec.subject_alt_names, ["a.example.com", "b.example.com"]);
+    assert_eq!(
+        se.spec.subject_alt_names,
+        ["a.example.com", "b.example.com"]
+    );
     assert_eq!(se.spec.ports.len(), 2);
     assert_eq!(se.spec.ports[1].number, Some(80));
-    assert_eq!(se.meta.annotations.get("app_name").map(String::as_str), Some("x"));
+    assert_eq!(
+        se.meta.annotations.get("app_name").map(String::as_str),
+        Some("x")
+    );
 }
 
 #[test]
@@ -289,7 +307,10 @@ fn yaml_nesting_too_deep_is_rejected() {
     // The root mapping is level 1, `spec` level 2, the sequence under `junk` (line 7) level 3:
     // the sequence starting on line 7 + 126 would be level 129.
     let (_, d) = load_text(&text);
-    assert_eq!(d, ["test.yaml:133: error: invalid YAML: nested deeper than 128 levels"]);
+    assert_eq!(
+        d,
+        ["test.yaml:133: error: invalid YAML: nested deeper than 128 levels"]
+    );
 }
 
 #[test]
@@ -300,7 +321,10 @@ fn yaml_deep_flow_nesting_is_rejected() {
         "]".repeat(1000)
     );
     let (_, d) = load_text(&text);
-    assert_eq!(d, ["test.yaml:6: error: invalid YAML: recursion limit exceeded"]);
+    assert_eq!(
+        d,
+        ["test.yaml:6: error: invalid YAML: recursion limit exceeded"]
+    );
 }
 
 #[test]
@@ -324,7 +348,15 @@ fn documents_that_are_not_objects() {
         ["test.yaml:2: error: document is not a mapping (expected a Kubernetes object)"]
     );
     assert_eq!(
-        diags(&["apiVersion: v1", "kind: Secret", "metadata: {name: a}", "---", "# c", "", "- x"]),
+        diags(&[
+            "apiVersion: v1",
+            "kind: Secret",
+            "metadata: {name: a}",
+            "---",
+            "# c",
+            "",
+            "- x"
+        ]),
         [
             "test.yaml:1: note: skipped Secret a (v1): not a kind egret reads",
             "test.yaml:7: error: document is not a mapping (expected a Kubernetes object)",
@@ -335,7 +367,11 @@ fn documents_that_are_not_objects() {
         ["test.yaml:1: error: document has no apiVersion and kind"]
     );
     assert_eq!(
-        diags(&["# comment", "apiVersion: networking.istio.io/v1", "metadata: {name: x}"]),
+        diags(&[
+            "# comment",
+            "apiVersion: networking.istio.io/v1",
+            "metadata: {name: x}"
+        ]),
         ["test.yaml:2: error: document has no kind"]
     );
     assert_eq!(
@@ -351,7 +387,14 @@ fn documents_that_are_not_objects() {
 
 #[test]
 fn empty_documents_are_dropped_silently() {
-    for text in ["", "---", "---\n---\n", "# only a comment\n", "~\n", "---\nnull\n---\n"] {
+    for text in [
+        "",
+        "---",
+        "---\n---\n",
+        "# only a comment\n",
+        "~\n",
+        "---\nnull\n---\n",
+    ] {
         let (set, d) = load_text(text);
         assert_eq!(d, Vec::<String>::new(), "{text:?}");
         assert_eq!(set.object_count(), 0);
@@ -387,7 +430,9 @@ fn port_number_as_a_word() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:9: error: ServiceEntry egress/se: spec.ports[0].number: invalid type: string \"eighty\", expected u32"]
+        [
+            "test.yaml:9: error: ServiceEntry egress/se: spec.ports[0].number: invalid type: string \"eighty\", expected u32"
+        ]
     );
 }
 
@@ -403,16 +448,25 @@ fn port_number_in_the_second_port() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:12: error: ServiceEntry egress/se: spec.ports[1].number: invalid type: floating point `4.43`, expected u32"]
+        [
+            "test.yaml:12: error: ServiceEntry egress/se: spec.ports[1].number: invalid type: floating point `4.43`, expected u32"
+        ]
     );
 }
 
 #[test]
 fn port_number_negative() {
-    let d = se(&["  hosts: [api.example.com]", "  ports:", "  - number: -1", "    name: http"]);
+    let d = se(&[
+        "  hosts: [api.example.com]",
+        "  ports:",
+        "  - number: -1",
+        "    name: http",
+    ]);
     assert_eq!(
         d,
-        ["test.yaml:9: error: ServiceEntry egress/se: spec.ports[0].number: invalid value: integer `-1`, expected u32"]
+        [
+            "test.yaml:9: error: ServiceEntry egress/se: spec.ports[0].number: invalid value: integer `-1`, expected u32"
+        ]
     );
 }
 
@@ -426,7 +480,9 @@ fn port_number_unsubstituted_shell_variable() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:9: error: ServiceEntry egress/se: spec.ports[0].number: invalid type: string \"$PROXY_PORT\", expected u32 (an unsubstituted shell variable?)"]
+        [
+            "test.yaml:9: error: ServiceEntry egress/se: spec.ports[0].number: invalid type: string \"$PROXY_PORT\", expected u32 (an unsubstituted shell variable?)"
+        ]
     );
     assert!(d[0].ends_with("(an unsubstituted shell variable?)"));
 }
@@ -443,7 +499,9 @@ fn hosts_as_a_string_instead_of_a_list() {
     let d = se(&["  hosts: api.example.com", "  resolution: DNS"]);
     assert_eq!(
         d,
-        ["test.yaml:7: error: ServiceEntry egress/se: spec.hosts: invalid type: string \"api.example.com\", expected a sequence"]
+        [
+            "test.yaml:7: error: ServiceEntry egress/se: spec.hosts: invalid type: string \"api.example.com\", expected a sequence"
+        ]
     );
 }
 
@@ -452,12 +510,16 @@ fn unknown_enum_value_lists_allowed_values() {
     let d = se(&["  hosts: [api.example.com]", "  resolution: MAYBE"]);
     assert_eq!(
         d,
-        ["test.yaml:8: error: ServiceEntry egress/se: spec.resolution: unknown value \"MAYBE\", expected one of NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS"]
+        [
+            "test.yaml:8: error: ServiceEntry egress/se: spec.resolution: unknown value \"MAYBE\", expected one of NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS"
+        ]
     );
     let d = se(&["  hosts: [api.example.com]", "  location: OUTSIDE"]);
     assert_eq!(
         d,
-        ["test.yaml:8: error: ServiceEntry egress/se: spec.location: unknown value \"OUTSIDE\", expected one of MESH_EXTERNAL, MESH_INTERNAL"]
+        [
+            "test.yaml:8: error: ServiceEntry egress/se: spec.location: unknown value \"OUTSIDE\", expected one of MESH_EXTERNAL, MESH_INTERNAL"
+        ]
     );
 }
 
@@ -466,7 +528,9 @@ fn enum_given_a_number() {
     let d = se(&["  hosts: [api.example.com]", "  resolution: 5"]);
     assert_eq!(
         d,
-        ["test.yaml:8: error: ServiceEntry egress/se: spec.resolution: invalid type: integer `5`, expected a string"]
+        [
+            "test.yaml:8: error: ServiceEntry egress/se: spec.resolution: invalid type: integer `5`, expected a string"
+        ]
     );
 }
 
@@ -518,11 +582,15 @@ fn vs_timeout(timeout: &str) -> Vec<String> {
 fn duration_without_unit() {
     assert_eq!(
         vs_timeout("5"),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: duration 5 has no unit; write e.g. \"5s\""]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: duration 5 has no unit; write e.g. \"5s\""
+        ]
     );
     assert_eq!(
         vs_timeout("\"5\""),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: duration \"5\" is missing a unit (e.g. \"5s\")"]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: duration \"5\" is missing a unit (e.g. \"5s\")"
+        ]
     );
 }
 
@@ -530,11 +598,15 @@ fn duration_without_unit() {
 fn duration_with_unknown_unit() {
     assert_eq!(
         vs_timeout("5x"),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid duration \"5x\": unknown unit \"x\""]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid duration \"5x\": unknown unit \"x\""
+        ]
     );
     assert_eq!(
         vs_timeout("1h5"),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: duration \"1h5\" is missing a unit (e.g. \"5s\")"]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: duration \"1h5\" is missing a unit (e.g. \"5s\")"
+        ]
     );
 }
 
@@ -542,15 +614,21 @@ fn duration_with_unknown_unit() {
 fn duration_negative_or_float_or_bad_number() {
     assert_eq!(
         vs_timeout("-1s"),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid duration \"-1s\""]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid duration \"-1s\""
+        ]
     );
     assert_eq!(
         vs_timeout("1.5"),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid type: floating point `1.5`, expected a duration such as \"5s\" or \"100ms\""]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid type: floating point `1.5`, expected a duration such as \"5s\" or \"100ms\""
+        ]
     );
     assert_eq!(
         vs_timeout("1..5s"),
-        ["test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid duration \"1..5s\""]
+        [
+            "test.yaml:9: error: VirtualService egress/vs: spec.http[0].timeout: invalid duration \"1..5s\""
+        ]
     );
     assert_eq!(
         vs_timeout("\"\""),
@@ -586,9 +664,15 @@ fn an_object_with_a_type_error_is_dropped_but_its_neighbours_load() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:8: error: ServiceEntry default/bad: spec.ports[0].number: invalid type: string \"eighty\", expected u32"]
+        [
+            "test.yaml:8: error: ServiceEntry default/bad: spec.ports[0].number: invalid type: string \"eighty\", expected u32"
+        ]
     );
-    let names: Vec<_> = set.service_entries.iter().map(|o| o.meta.name.as_str()).collect();
+    let names: Vec<_> = set
+        .service_entries
+        .iter()
+        .map(|o| o.meta.name.as_str())
+        .collect();
     assert_eq!(names, ["good"]);
 }
 
@@ -720,7 +804,9 @@ fn snake_case_field_is_accepted_with_a_warning_and_used() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:11: warning: VirtualService egress/vs: spec.tls[0].match[0].sni_hosts: snake_case field name accepted; Istio's CRD schema spells it \"sniHosts\""]
+        [
+            "test.yaml:11: warning: VirtualService egress/vs: spec.tls[0].match[0].sni_hosts: snake_case field name accepted; Istio's CRD schema spells it \"sniHosts\""
+        ]
     );
     let m = &set.virtual_services[0].spec.tls[0].matches[0];
     assert_eq!(m.sni_hosts, ["api.example.com"]);
@@ -729,7 +815,11 @@ fn snake_case_field_is_accepted_with_a_warning_and_used() {
 
 #[test]
 fn snake_case_name_that_is_not_a_field_is_unknown_under_its_own_spelling() {
-    let d = se(&["  hosts: [api.example.com]", "  foo_bar: 1", "  export_to_all: true"]);
+    let d = se(&[
+        "  hosts: [api.example.com]",
+        "  foo_bar: 1",
+        "  export_to_all: true",
+    ]);
     assert_eq!(
         d,
         [
@@ -847,15 +937,27 @@ fn label_keys_with_underscores_are_not_renamed() {
     ]);
     assert_eq!(d, Vec::<String>::new());
     let vs = &set.virtual_services[0];
-    assert_eq!(vs.meta.labels.get("team_name").map(String::as_str), Some("egress"));
-    assert_eq!(vs.meta.annotations.get("my_note").map(String::as_str), Some("hello"));
+    assert_eq!(
+        vs.meta.labels.get("team_name").map(String::as_str),
+        Some("egress")
+    );
+    assert_eq!(
+        vs.meta.annotations.get("my_note").map(String::as_str),
+        Some("hello")
+    );
     let labels = &vs.spec.tcp[0].matches[0].source_labels;
     assert_eq!(labels.get("app_name").map(String::as_str), Some("billing"));
     assert!(!labels.contains_key("appName"));
     let gw = &set.gateways[0].spec;
-    assert_eq!(gw.selector.get("istio_gateway").map(String::as_str), Some("egress"));
+    assert_eq!(
+        gw.selector.get("istio_gateway").map(String::as_str),
+        Some("egress")
+    );
     let se = &set.service_entries[0].spec;
-    assert_eq!(se.endpoints[0].labels.get("zone_id").map(String::as_str), Some("a"));
+    assert_eq!(
+        se.endpoints[0].labels.get("zone_id").map(String::as_str),
+        Some("a")
+    );
     assert_eq!(se.endpoints[0].ports.get("https_port"), Some(&443));
     let sel = se.workload_selector.as_ref().expect("selector");
     assert_eq!(sel.labels.get("app_tier").map(String::as_str), Some("db"));
@@ -928,13 +1030,29 @@ fn unknown_fields_are_warned_with_path_and_line() {
 #[test]
 fn unknown_field_in_each_kind() {
     let cases: &[(&str, &str, &str)] = &[
-        ("networking.istio.io/v1", "DestinationRule", "DestinationRule"),
+        (
+            "networking.istio.io/v1",
+            "DestinationRule",
+            "DestinationRule",
+        ),
         ("networking.istio.io/v1beta1", "Gateway", "Gateway"),
         ("networking.istio.io/v1alpha3", "Sidecar", "Sidecar"),
         ("networking.istio.io/v1", "WorkloadEntry", "WorkloadEntry"),
-        ("security.istio.io/v1", "AuthorizationPolicy", "AuthorizationPolicy"),
-        ("security.istio.io/v1beta1", "RequestAuthentication", "RequestAuthentication"),
-        ("istio.alibabacloud.com/v1beta1", "ASMEgressTrafficPolicy", "ASMEgressTrafficPolicy"),
+        (
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            "AuthorizationPolicy",
+        ),
+        (
+            "security.istio.io/v1beta1",
+            "RequestAuthentication",
+            "RequestAuthentication",
+        ),
+        (
+            "istio.alibabacloud.com/v1beta1",
+            "ASMEgressTrafficPolicy",
+            "ASMEgressTrafficPolicy",
+        ),
     ];
     for (api, kind, shown) in cases {
         let a = format!("apiVersion: {api}");
@@ -942,7 +1060,9 @@ fn unknown_field_in_each_kind() {
         let (set, d) = load(&[&a, &k, "metadata:", "  name: x", "spec:", "  bogusField: 1"]);
         assert_eq!(
             d,
-            [format!("test.yaml:6: warning: {shown} default/x: spec.bogusField: unknown field, ignored")]
+            [format!(
+                "test.yaml:6: warning: {shown} default/x: spec.bogusField: unknown field, ignored"
+            )]
         );
         assert_eq!(set.object_count(), 1, "{kind}");
     }
@@ -1064,9 +1184,17 @@ fn kubernetes_kinds_are_never_errors() {
 fn every_supported_networking_version_is_read() {
     for v in ["v1alpha3", "v1beta1", "v1"] {
         let a = format!("apiVersion: networking.istio.io/{v}");
-        let (set, d) = load(&[&a, "kind: ServiceEntry", "metadata: {name: x}", "spec: {hosts: [a.example.com]}"]);
+        let (set, d) = load(&[
+            &a,
+            "kind: ServiceEntry",
+            "metadata: {name: x}",
+            "spec: {hosts: [a.example.com]}",
+        ]);
         assert_eq!(d, Vec::<String>::new(), "{v}");
-        assert_eq!(set.service_entries[0].api_version, format!("networking.istio.io/{v}"));
+        assert_eq!(
+            set.service_entries[0].api_version,
+            format!("networking.istio.io/{v}")
+        );
         assert_eq!(set.service_entries[0].kind, Kind::ServiceEntry);
     }
 }
@@ -1095,19 +1223,37 @@ fn missing_metadata_name() {
 #[test]
 fn missing_metadata_entirely_or_empty_or_non_string_name() {
     assert_eq!(
-        diags(&["apiVersion: networking.istio.io/v1", "kind: ServiceEntry", "spec: {hosts: [a]}"]),
+        diags(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "spec: {hosts: [a]}"
+        ]),
         ["test.yaml:1: error: ServiceEntry default/: metadata.name: required field is missing"]
     );
     assert_eq!(
-        diags(&["apiVersion: networking.istio.io/v1", "kind: ServiceEntry", "metadata:", "  name: \"\""]),
+        diags(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata:",
+            "  name: \"\""
+        ]),
         ["test.yaml:4: error: ServiceEntry default/: metadata.name: required field is missing"]
     );
     assert_eq!(
-        diags(&["apiVersion: networking.istio.io/v1", "kind: ServiceEntry", "metadata:", "  name: 42"]),
+        diags(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata:",
+            "  name: 42"
+        ]),
         ["test.yaml:4: error: ServiceEntry default/: metadata.name: must be a string"]
     );
     assert_eq!(
-        diags(&["apiVersion: networking.istio.io/v1", "kind: ServiceEntry", "metadata: 5"]),
+        diags(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata: 5"
+        ]),
         ["test.yaml:3: error: ServiceEntry default/: metadata.name: required field is missing"]
     );
 }
@@ -1147,7 +1293,12 @@ fn default_namespace_is_configurable() {
     });
     l.add_str(
         FILE,
-        &y(&["apiVersion: networking.istio.io/v1", "kind: ServiceEntry", "metadata: {name: a}", "spec: {hosts: [x]}"]),
+        &y(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata: {name: a}",
+            "spec: {hosts: [x]}",
+        ]),
     );
     let (set, d) = l.finish();
     assert!(d.is_empty());
@@ -1182,7 +1333,13 @@ fn bad_namespace_labels_and_annotations() {
     );
     assert_eq!(set.object_count(), 0);
     assert_eq!(
-        diags(&["apiVersion: networking.istio.io/v1", "kind: ServiceEntry", "metadata:", "  name: se", "  labels: [app]"]),
+        diags(&[
+            "apiVersion: networking.istio.io/v1",
+            "kind: ServiceEntry",
+            "metadata:",
+            "  name: se",
+            "  labels: [app]"
+        ]),
         ["test.yaml:5: error: ServiceEntry default/se: metadata.labels: must be a map"]
     );
 }
@@ -1231,7 +1388,11 @@ fn list_items_are_loaded_with_their_own_lines() {
             "test.yaml:27: error: document has no apiVersion",
         ]
     );
-    let names: Vec<_> = set.service_entries.iter().map(|o| o.meta.name.as_str()).collect();
+    let names: Vec<_> = set
+        .service_entries
+        .iter()
+        .map(|o| o.meta.name.as_str())
+        .collect();
     assert_eq!(names, ["first"]);
     assert_eq!(set.virtual_services[0].meta.name, "third");
     // Positions of list items are rebased: the item's own paths resolve to its lines.
@@ -1241,7 +1402,11 @@ fn list_items_are_loaded_with_their_own_lines() {
 
 #[test]
 fn list_item_1_is_not_confused_with_item_10() {
-    let mut lines = vec!["apiVersion: v1".to_string(), "kind: List".into(), "items:".into()];
+    let mut lines = vec![
+        "apiVersion: v1".to_string(),
+        "kind: List".into(),
+        "items:".into(),
+    ];
     let mut expected = Vec::new();
     for i in 0..12 {
         lines.push("- apiVersion: networking.istio.io/v1".into());
@@ -1269,8 +1434,14 @@ fn list_with_items_that_are_not_a_list() {
         ["test.yaml:3: error: List: items: must be a list of objects"]
     );
     // An empty list is fine.
-    assert_eq!(diags(&["apiVersion: v1", "kind: List", "items: []"]), Vec::<String>::new());
-    assert_eq!(diags(&["apiVersion: v1", "kind: List"]), Vec::<String>::new());
+    assert_eq!(
+        diags(&["apiVersion: v1", "kind: List", "items: []"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        diags(&["apiVersion: v1", "kind: List"]),
+        Vec::<String>::new()
+    );
 }
 
 // ===================================================================================
@@ -1294,7 +1465,9 @@ fn mesh_config_from_istio_operator() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:11: warning: MeshConfig /mesh: enablePrometheusMerge: not supported by egret, ignored"]
+        [
+            "test.yaml:11: warning: MeshConfig /mesh: enablePrometheusMerge: not supported by egret, ignored"
+        ]
     );
     assert_eq!(
         set.mesh.outbound_traffic_policy.and_then(|p| p.mode),
@@ -1318,7 +1491,9 @@ fn mesh_config_from_operator_fragment_without_kind() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:7: error: MeshConfig /mesh: connectTimeout: duration 10 has no unit; write e.g. \"10s\""]
+        [
+            "test.yaml:7: error: MeshConfig /mesh: connectTimeout: duration 10 has no unit; write e.g. \"10s\""
+        ]
     );
     // A mesh document with an error is not applied at all.
     assert_eq!(set.mesh, MeshConfig::default());
@@ -1384,7 +1559,9 @@ fn mesh_configmap_type_error_points_inside_the_block() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:7: error: MeshConfig /mesh: outboundTrafficPolicy.mode: unknown value \"bogus\", expected one of REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS"]
+        [
+            "test.yaml:7: error: MeshConfig /mesh: outboundTrafficPolicy.mode: unknown value \"bogus\", expected one of REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS"
+        ]
     );
 }
 
@@ -1402,7 +1579,9 @@ fn mesh_configmap_problems() {
             "      mode: ALLOW_ANY",
             "     trustDomain: x",
         ]),
-        ["test.yaml:8: error: ConfigMap istio: data.mesh: invalid YAML: while parsing a block mapping, did not find expected key"]
+        [
+            "test.yaml:8: error: ConfigMap istio: data.mesh: invalid YAML: while parsing a block mapping, did not find expected key"
+        ]
     );
     // data.mesh that is not a string.
     assert_eq!(
@@ -1414,7 +1593,9 @@ fn mesh_configmap_problems() {
             "  mesh:",
             "    trustDomain: x",
         ]),
-        ["test.yaml:5: error: ConfigMap istio: data.mesh: must be a string holding MeshConfig YAML"]
+        [
+            "test.yaml:5: error: ConfigMap istio: data.mesh: must be a string holding MeshConfig YAML"
+        ]
     );
     // Any other ConfigMap is a note.
     assert_eq!(
@@ -1426,14 +1607,21 @@ fn mesh_configmap_problems() {
             "  mesh: |",
             "    trustDomain: x",
         ]),
-        ["test.yaml:1: note: skipped ConfigMap my-app-config: only the `istio` ConfigMap's data.mesh is read"]
+        [
+            "test.yaml:1: note: skipped ConfigMap my-app-config: only the `istio` ConfigMap's data.mesh is read"
+        ]
     );
 }
 
 #[test]
 fn istio_operator_without_mesh_config_is_a_note() {
     assert_eq!(
-        diags(&["apiVersion: install.istio.io/v1alpha1", "kind: IstioOperator", "spec:", "  profile: demo"]),
+        diags(&[
+            "apiVersion: install.istio.io/v1alpha1",
+            "kind: IstioOperator",
+            "spec:",
+            "  profile: demo"
+        ]),
         ["test.yaml:1: note: IstioOperator without spec.meshConfig: nothing for egret to read"]
     );
 }
@@ -1454,7 +1642,9 @@ fn mesh_config_given_twice_is_merged_later_wins() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:2: warning: mesh config given 2 times (test.yaml:2, test.yaml:9); they are merged in that order, later values win"]
+        [
+            "test.yaml:2: warning: mesh config given 2 times (test.yaml:2, test.yaml:9); they are merged in that order, later values win"
+        ]
     );
     assert_eq!(set.mesh.trust_domain.as_deref(), Some("second.local"));
     assert_eq!(set.mesh.access_log_file.as_deref(), Some("/dev/stdout"));
@@ -1479,6 +1669,43 @@ fn mesh_document_with_an_error_does_not_override_earlier_ones() {
         ]
     );
     assert_eq!(set.mesh.trust_domain.as_deref(), Some("first.local"));
+}
+
+#[test]
+fn mesh_config_that_is_not_a_mapping() {
+    assert_eq!(
+        diags(&["spec:", "  meshConfig: [[x.local]]"]),
+        ["test.yaml:2: error: MeshConfig /mesh: must be a mapping"]
+    );
+    assert_eq!(
+        diags(&[
+            "apiVersion: install.istio.io/v1alpha1",
+            "kind: IstioOperator",
+            "spec:",
+            "  meshConfig: 5",
+        ]),
+        ["test.yaml:4: error: MeshConfig /mesh: must be a mapping"]
+    );
+    assert_eq!(
+        diags(&[
+            "apiVersion: v1",
+            "kind: ConfigMap",
+            "metadata: {name: istio}",
+            "data:",
+            "  mesh: |",
+            "    - outboundTrafficPolicy",
+        ]),
+        ["test.yaml:6: error: MeshConfig /mesh: must be a mapping"]
+    );
+    // An empty meshConfig is an empty mesh config, not an error.
+    let (set, d) = load(&[
+        "apiVersion: install.istio.io/v1alpha1",
+        "kind: IstioOperator",
+        "spec:",
+        "  meshConfig:",
+    ]);
+    assert_eq!(d, Vec::<String>::new());
+    assert_eq!(set.mesh, MeshConfig::default());
 }
 
 #[test]
@@ -1543,7 +1770,9 @@ fn cors_policy_is_not_supported() {
     ]);
     assert_eq!(
         d,
-        ["test.yaml:11: warning: VirtualService egress/vs: spec.http[1].corsPolicy: not supported, ignored: CORS is a browser concern of ingress, not egress"]
+        [
+            "test.yaml:11: warning: VirtualService egress/vs: spec.http[1].corsPolicy: not supported, ignored: CORS is a browser concern of ingress, not egress"
+        ]
     );
     assert!(d[0].contains("warning: ") && d[0].contains(": not supported, ignored:"));
     // The object is still loaded.
@@ -1726,7 +1955,10 @@ fn garbage_never_panics() {
         let (set, d) = ConfigSet::from_str("garbage.yaml", text);
         for diag in d.iter() {
             let rendered = diag.to_string();
-            assert!(rendered.starts_with("garbage.yaml:"), "input {i}: {rendered}");
+            assert!(
+                rendered.starts_with("garbage.yaml:"),
+                "input {i}: {rendered}"
+            );
             assert!(diag.line >= 1, "input {i}: {rendered}");
         }
         let _ = set.object_count();
@@ -1815,10 +2047,7 @@ fn load_directory_tree_recursively_yaml_only_dotfiles_skipped() {
     let t = TempDir::new("tree");
     t.write("a.yaml", se_yaml("a"));
     t.write("sub/b.yml", se_yaml("b"));
-    let bad = t.write(
-        "sub/bad.yaml",
-        se_yaml("bad") + "  unknownField: 1\n",
-    );
+    let bad = t.write("sub/bad.yaml", se_yaml("bad") + "  unknownField: 1\n");
     t.write("sub/deeper/c.yaml", se_yaml("c"));
     // Not read: other extensions, dotfiles, dot-directories (Kubernetes' ..data links).
     let garbage = "{[: this is not yaml";
@@ -1840,7 +2069,11 @@ fn load_directory_tree_recursively_yaml_only_dotfiles_skipped() {
             bad.display()
         )]
     );
-    let names: Vec<_> = set.service_entries.iter().map(|o| o.meta.name.as_str()).collect();
+    let names: Vec<_> = set
+        .service_entries
+        .iter()
+        .map(|o| o.meta.name.as_str())
+        .collect();
     assert_eq!(names, ["a", "b", "bad", "c"]);
     assert_eq!(
         &*set.service_entries[3].origin.file,
@@ -1876,7 +2109,7 @@ fn load_reports_yaml_errors_with_the_file_path() {
 fn load_missing_path_is_unreadable() {
     let t = TempDir::new("missing");
     let missing = t.path().join("does-not-exist");
-    let err = ConfigSet::load(&[&missing], LoadOptions::default()).err().expect("error");
+    let err = ConfigSet::load(&[&missing], LoadOptions::default()).expect_err("error");
     match &err {
         LoadError::Unreadable { path, source } => {
             assert_eq!(path, &missing.display().to_string());
@@ -1885,7 +2118,8 @@ fn load_missing_path_is_unreadable() {
         other => panic!("expected Unreadable, got {other:?}"),
     }
     assert!(
-        err.to_string().starts_with(&format!("{}: cannot read: ", missing.display())),
+        err.to_string()
+            .starts_with(&format!("{}: cannot read: ", missing.display())),
         "{err}"
     );
 }
@@ -1894,7 +2128,7 @@ fn load_missing_path_is_unreadable() {
 fn load_non_utf8_file_is_an_error() {
     let t = TempDir::new("utf8");
     let p = t.write("latin1.yaml", b"kind: \xe9t\xe9\n");
-    let err = ConfigSet::load(&[t.path()], LoadOptions::default()).err().expect("error");
+    let err = ConfigSet::load(&[t.path()], LoadOptions::default()).expect_err("error");
     assert!(matches!(&err, LoadError::NotUtf8 { path } if path == &p.display().to_string()));
     assert_eq!(err.to_string(), format!("{}: not valid UTF-8", p.display()));
 }
@@ -1907,7 +2141,11 @@ fn load_directory_with_a_symlink_cycle_reads_each_file_once() {
     std::os::unix::fs::symlink("..", t.path().join("a/up")).unwrap();
     let (set, d) = ConfigSet::load(&[t.path()], LoadOptions::default()).unwrap();
     assert!(d.is_empty(), "{d:?}");
-    let names: Vec<_> = set.service_entries.iter().map(|o| o.meta.name.as_str()).collect();
+    let names: Vec<_> = set
+        .service_entries
+        .iter()
+        .map(|o| o.meta.name.as_str())
+        .collect();
     assert_eq!(names, ["once"]);
 }
 
@@ -1921,7 +2159,11 @@ fn load_follows_configmap_style_symlinked_files() {
     std::os::unix::fs::symlink("..data/se.yaml", t.path().join("se.yaml")).unwrap();
     let (set, d) = ConfigSet::load(&[t.path()], LoadOptions::default()).unwrap();
     assert!(d.is_empty(), "{d:?}");
-    let names: Vec<_> = set.service_entries.iter().map(|o| o.meta.name.as_str()).collect();
+    let names: Vec<_> = set
+        .service_entries
+        .iter()
+        .map(|o| o.meta.name.as_str())
+        .collect();
     assert_eq!(names, ["mounted"]);
 }
 
@@ -1963,6 +2205,8 @@ fn mesh_config_file_plain_and_broken() {
     );
 
     let mut l = Loader::new(LoadOptions::default());
-    let err = l.add_mesh_config_file(&t.path().join("nope.yaml")).err().expect("error");
+    let err = l
+        .add_mesh_config_file(&t.path().join("nope.yaml"))
+        .expect_err("error");
     assert!(matches!(err, LoadError::Unreadable { .. }));
 }

@@ -69,7 +69,12 @@ fn expand_one(
     generated: &mut Vec<String>,
 ) {
     const NET: &str = "networking.istio.io/v1";
-    let Some(gw_name) = p.spec.by_egress_gateway.as_ref().and_then(|g| g.name.clone()) else {
+    let Some(gw_name) = p
+        .spec
+        .by_egress_gateway
+        .as_ref()
+        .and_then(|g| g.name.clone())
+    else {
         return; // validation reports it
     };
     let ns = p.meta.namespace.clone();

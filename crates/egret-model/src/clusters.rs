@@ -1,18 +1,18 @@
 //! Clusters: endpoints from ServiceEntries and traffic policy from DestinationRules
 //! (`istio-egress-spec.md` §1, §2).
 
+use egret_config::Object;
 use egret_config::types::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule,
     LoadBalancerSettings, Location, OutlierDetection as OdSpec, Resolution, SimpleLb,
     TrafficPolicy,
 };
-use egret_config::Object;
 
 use crate::host;
-use crate::scope::{exported_to, Scope, Service};
+use crate::scope::{Scope, Service, exported_to};
 use crate::snapshot::{
-    cluster_name, Cluster, ClusterPolicy, ConnectionPool, ConsistentHash, Endpoint, HashKey,
-    LoadBalancer, OutlierDetection, TcpKeepalive, UpstreamTls, Verify,
+    Cluster, ClusterPolicy, ConnectionPool, ConsistentHash, Endpoint, HashKey, LoadBalancer,
+    OutlierDetection, TcpKeepalive, UpstreamTls, Verify, cluster_name,
 };
 
 /// Build the cluster `outbound|port|subset|host`.
@@ -120,9 +120,16 @@ fn merged_policy(
     dr: Option<&Object<DestinationRule>>,
     subset: Option<&str>,
     port: u16,
-) -> (Option<TrafficPolicy>, Option<std::collections::BTreeMap<String, String>>) {
+) -> (
+    Option<TrafficPolicy>,
+    Option<std::collections::BTreeMap<String, String>>,
+) {
     let Some(dr) = dr else { return (None, None) };
-    let top = dr.spec.traffic_policy.as_ref().map(|p| apply_port_level(p, port));
+    let top = dr
+        .spec
+        .traffic_policy
+        .as_ref()
+        .map(|p| apply_port_level(p, port));
     let Some(subset_name) = subset else {
         return (top, None);
     };
@@ -290,9 +297,9 @@ fn outlier(o: &OdSpec) -> OutlierDetection {
     OutlierDetection {
         // `consecutiveErrors` (deprecated) is the old name for gateway errors; the
         // 5xx default applies only when neither is set.
-        consecutive_5xx_errors: o.consecutive_5xx_errors.unwrap_or(
-            if o.consecutive_errors.is_some() { 0 } else { 5 },
-        ),
+        consecutive_5xx_errors: o
+            .consecutive_5xx_errors
+            .unwrap_or(if o.consecutive_errors.is_some() { 0 } else { 5 }),
         consecutive_gateway_errors: o
             .consecutive_gateway_errors
             .or(o.consecutive_errors)

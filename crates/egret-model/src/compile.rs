@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::host;
 use crate::identity::{ProxyIdentity, Role};
 use crate::routes::{self, Binding, ClusterRef, DestCtx};
-use crate::scope::{parse_net, Proto, Scope};
+use crate::scope::{Proto, Scope, parse_net};
 use crate::snapshot::*;
 use crate::{analyze, asm, clusters, policy, validate};
 
@@ -301,7 +301,8 @@ fn sidecar_tls_chains(
         };
         for (i, r) in vs.spec.tls.iter().enumerate() {
             for m in &r.matches {
-                if m.port.is_none() && !vs_applies_on_port(scope, &hosts, port, ListenerProtocol::Tls)
+                if m.port.is_none()
+                    && !vs_applies_on_port(scope, &hosts, port, ListenerProtocol::Tls)
                 {
                     continue;
                 }
@@ -343,7 +344,10 @@ fn sidecar_tls_chains(
     let mut defaults: Vec<L4Chain> = Vec::new();
     for s in &scope.services {
         let Some(sp) = s.port(port) else { continue };
-        if !matches!(sp.proto.listener_class(), ListenerProtocol::Tls | ListenerProtocol::Auto) {
+        if !matches!(
+            sp.proto.listener_class(),
+            ListenerProtocol::Tls | ListenerProtocol::Auto
+        ) {
             continue;
         }
         refs.push((s.host.clone(), port, None));
@@ -449,7 +453,10 @@ fn sidecar_tcp_chains(
     let mut catch_all = None;
     for s in &scope.services {
         let Some(sp) = s.port(port) else { continue };
-        if !matches!(sp.proto.listener_class(), ListenerProtocol::Tcp | ListenerProtocol::Auto) {
+        if !matches!(
+            sp.proto.listener_class(),
+            ListenerProtocol::Tcp | ListenerProtocol::Auto
+        ) {
             continue;
         }
         let chain = L4Chain {
@@ -533,7 +540,10 @@ fn gateway_listeners(
         let mut seen_vhost: BTreeSet<String> = BTreeSet::new();
         for (gw_key, i, srv) in servers {
             let proto = Proto::parse(srv.port.as_ref().and_then(|p| p.protocol.as_deref()));
-            let tls_mode = srv.tls.as_ref().map(|t| t.mode.unwrap_or(ServerTlsMode::Passthrough));
+            let tls_mode = srv
+                .tls
+                .as_ref()
+                .map(|t| t.mode.unwrap_or(ServerTlsMode::Passthrough));
             // What arrives on the wire, and what is routed after any termination.
             let terminated = matches!(
                 tls_mode,

@@ -25,7 +25,7 @@ pub mod snapshot;
 pub mod validate;
 
 pub use compile::compile;
-pub use identity::{parse_labels, ProxyIdentity, Role};
+pub use identity::{ProxyIdentity, Role, parse_labels};
 pub use snapshot::Snapshot;
 
 /// Validation and analysis of a whole configuration, independent of any proxy

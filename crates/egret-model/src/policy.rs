@@ -1,8 +1,10 @@
 //! Mesh settings, the effective outbound traffic policy, and the security policies that apply
 //! to a proxy (`istio-egress-spec.md` §5, §6).
 
-use egret_config::types::{AccessLogEncoding, AuthzAction, Duration, MeshConfig, OutboundMode as Mode};
 use egret_config::ConfigSet;
+use egret_config::types::{
+    AccessLogEncoding, AuthzAction, Duration, MeshConfig, OutboundMode as Mode,
+};
 
 use crate::identity::ProxyIdentity;
 use crate::scope::Scope;

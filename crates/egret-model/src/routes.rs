@@ -5,11 +5,11 @@
 //! or `ns/name`). A match's own `gateways` overrides the top-level list for that match. Routes
 //! keep their order: the first matching rule wins.
 
+use egret_config::Object;
 use egret_config::types::{
     Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute as HttpRouteSpec,
     RouteDestination, StringMatch, VirtualService,
 };
-use egret_config::Object;
 
 use crate::host;
 use crate::identity::ProxyIdentity;
@@ -241,7 +241,10 @@ pub fn http_routes(
                 },
             )
         } else {
-            (r.timeout.filter(|t| t.as_nanos() > 0), retry(r, default_retry))
+            (
+                r.timeout.filter(|t| t.as_nanos() > 0),
+                retry(r, default_retry),
+            )
         };
         let (request_headers, response_headers) = header_ops(r.headers.as_ref());
         out.push(HttpRoute {
@@ -351,7 +354,9 @@ pub fn l4_route(
     refs: &mut Vec<ClusterRef>,
 ) -> Vec<WeightedCluster> {
     weighted(
-        route.iter().map(|d| (d.destination.as_ref(), d.weight, None)),
+        route
+            .iter()
+            .map(|d| (d.destination.as_ref(), d.weight, None)),
         ctx,
         refs,
     )

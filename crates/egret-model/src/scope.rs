@@ -17,7 +17,11 @@ pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Is an object with `export_to` (empty = `defaults`, empty defaults = everywhere) in
 /// namespace `obj_ns` visible from namespace `ns`? (`istio-egress-spec.md` §0)
 pub fn exported_to(export_to: &[String], defaults: &[String], obj_ns: &str, ns: &str) -> bool {
-    let list = if export_to.is_empty() { defaults } else { export_to };
+    let list = if export_to.is_empty() {
+        defaults
+    } else {
+        export_to
+    };
     if list.is_empty() {
         return true;
     }

@@ -347,7 +347,10 @@ pub enum RouteAction {
     /// Weighted destinations (weights are relative shares; a single destination gets all).
     Route(Vec<WeightedCluster>),
     Redirect(Redirect),
-    DirectResponse { status: u16, body: Option<String> },
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

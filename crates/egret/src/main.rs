@@ -10,7 +10,11 @@ use egret_model::{ProxyIdentity, Role};
 mod output;
 
 #[derive(Parser)]
-#[command(name = "egret", version, about = "A Rust service-mesh egress system that reads Istio configuration")]
+#[command(
+    name = "egret",
+    version,
+    about = "A Rust service-mesh egress system that reads Istio configuration"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -127,13 +127,13 @@ impl fmt::Display for Duration {
         let ns = self.0;
         if ns == 0 {
             f.write_str("0s")
-        } else if ns % 3_600_000_000_000 == 0 {
+        } else if ns.is_multiple_of(3_600_000_000_000) {
             write!(f, "{}h", ns / 3_600_000_000_000)
-        } else if ns % 60_000_000_000 == 0 {
+        } else if ns.is_multiple_of(60_000_000_000) {
             write!(f, "{}m", ns / 60_000_000_000)
-        } else if ns % 1_000_000_000 == 0 {
+        } else if ns.is_multiple_of(1_000_000_000) {
             write!(f, "{}s", ns / 1_000_000_000)
-        } else if ns % 1_000_000 == 0 {
+        } else if ns.is_multiple_of(1_000_000) {
             write!(f, "{}ms", ns / 1_000_000)
         } else {
             write!(f, "{ns}ns")
