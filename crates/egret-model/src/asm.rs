@@ -35,8 +35,12 @@ pub fn expand(input: &ConfigSet) -> (std::borrow::Cow<'_, ConfigSet>, Vec<String
     (std::borrow::Cow::Owned(set), generated)
 }
 
+/// A generated object. Its origin is the part of the ASM policy it came from (`at`, a field
+/// path), so a diagnostic about it points at that line.
+#[allow(clippy::too_many_arguments)]
 fn obj<S>(
     src: &Object<AsmEgressTrafficPolicy>,
+    at: &str,
     kind: Kind,
     api: &str,
     ns: &str,
@@ -58,7 +62,10 @@ fn obj<S>(
             )]),
         },
         spec,
-        origin: src.origin.clone(),
+        origin: egret_config::Origin {
+            file: src.origin.file.clone(),
+            positions: std::sync::Arc::new(src.origin.positions.subtree(at)),
+        },
         generated_from: Some(src.obj_ref()),
     }
 }
@@ -88,8 +95,9 @@ fn expand_one(
     // Sidecars by (namespace, labels): imported hosts
     let mut sidecars: BTreeMap<(String, BTreeMap<String, String>), Vec<String>> = BTreeMap::new();
 
-    for rule in &p.spec.egress_rules {
-        for to in &rule.to {
+    for (ri, rule) in p.spec.egress_rules.iter().enumerate() {
+        for (ti, to) in rule.to.iter().enumerate() {
+            let at = format!("spec.egressRules[{ri}].to[{ti}]");
             let (Some(tname), Some(port), Some(gport)) = (
                 to.name.clone(),
                 to.port.clone(),
@@ -107,6 +115,7 @@ fn expand_one(
 
             set.service_entries.push(obj(
                 p,
+                &at,
                 Kind::ServiceEntry,
                 NET,
                 &ns,
@@ -234,6 +243,7 @@ fn expand_one(
             };
             set.virtual_services.push(obj(
                 p,
+                &at,
                 Kind::VirtualService,
                 NET,
                 &ns,
@@ -264,6 +274,7 @@ fn expand_one(
     }
     set.gateways.push(obj(
         p,
+        "spec.byEgressGateway",
         Kind::Gateway,
         NET,
         &ns,
@@ -292,6 +303,7 @@ fn expand_one(
     ));
     set.destination_rules.push(obj(
         p,
+        "spec.byEgressGateway",
         Kind::DestinationRule,
         NET,
         &ns,
@@ -308,6 +320,7 @@ fn expand_one(
         hosts.push(format!("*/{gw_host}"));
         set.sidecars.push(obj(
             p,
+            "spec.egressRules",
             Kind::Sidecar,
             NET,
             &fns,
