@@ -180,6 +180,16 @@ pub const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::MeshConfig,
+        "outboundTrafficPolicy.egressProxy",
+        "egressProxy is a Sidecar field; sending unknown traffic to an egress proxy is not implemented",
+    ),
+    (
+        Kind::MeshConfig,
+        "defaultHttpRetryPolicy.retryRemoteLocalities",
+        "locality-aware retries are not implemented",
+    ),
+    (
+        Kind::MeshConfig,
         "defaultConfig",
         "ProxyConfig is Envoy/istio-agent configuration; egret takes its settings from the command line",
     ),
@@ -230,6 +240,25 @@ pub const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     ),
 ];
 
+/// Traffic-policy fields not acted on, relative to a traffic policy. Checked at every place a
+/// traffic policy can sit in a DestinationRule (top level, port level, subset, subset port
+/// level); the top-level paths are also rows of [`UNSUPPORTED`].
+pub const TRAFFIC_POLICY_UNSUPPORTED: &[(&str, &str)] = &[
+    ("tunnel", "HTTP CONNECT/POST tunnelling to the upstream is not implemented"),
+    ("proxyProtocol", "PROXY protocol towards upstreams is not implemented"),
+    ("retryBudget", "retry budgets are not implemented; maxRetries still applies"),
+    ("loadBalancer.warmup", "slow-start warmup is not implemented"),
+    ("loadBalancer.warmupDurationSecs", "slow-start warmup is not implemented"),
+    ("connectionPool.http.http2KeepAlive", "HTTP/2 keepalive pings are not implemented"),
+    ("loadBalancer.consistentHash.httpCookie.attributes", "cookie attributes are not implemented"),
+];
+
+const NESTED_TRAFFIC_POLICIES: &[&str] = &[
+    "trafficPolicy.portLevelSettings[]",
+    "subsets[].trafficPolicy",
+    "subsets[].trafficPolicy.portLevelSettings[]",
+];
+
 /// The concrete paths (prefixed `spec.` for kinds other than MeshConfig) of unsupported fields
 /// present in `spec`, with the message to show.
 pub fn check(kind: Kind, spec: &Value) -> Vec<(String, String)> {
@@ -244,6 +273,23 @@ pub fn check(kind: Kind, spec: &Value) -> Vec<(String, String)> {
         for path in found {
             out.push((path, format!("not supported, ignored: {why}")));
         }
+    }
+    if kind == Kind::DestinationRule {
+        for nest in NESTED_TRAFFIC_POLICIES {
+            for (rel, why) in TRAFFIC_POLICY_UNSUPPORTED {
+                let pattern = format!("{nest}.{rel}");
+                if UNSUPPORTED.iter().any(|(k, p, _)| *k == kind && *p == pattern) {
+                    continue;
+                }
+                let mut found = Vec::new();
+                walk(spec, &pattern, prefix.to_string(), &mut found);
+                for path in found {
+                    out.push((path, format!("not supported, ignored: {why}")));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
     }
     out
 }
@@ -283,6 +329,26 @@ fn walk(v: &Value, pattern: &str, at: String, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_policy_fields_are_checked_at_every_nesting() {
+        let spec = serde_json::json!({
+            "subsets": [{"name": "a", "trafficPolicy": {
+                "retryBudget": {"percent": 1},
+                "portLevelSettings": [{"loadBalancer": {"warmup": {}}}]
+            }}],
+            "trafficPolicy": {"portLevelSettings": [{"connectionPool": {"http": {"http2KeepAlive": {}}}}]}
+        });
+        let paths: Vec<String> = check(Kind::DestinationRule, &spec).into_iter().map(|x| x.0).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.subsets[0].trafficPolicy.portLevelSettings[0].loadBalancer.warmup",
+                "spec.subsets[0].trafficPolicy.retryBudget",
+                "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.http2KeepAlive",
+            ]
+        );
+    }
 
     #[test]
     fn finds_nested_paths() {

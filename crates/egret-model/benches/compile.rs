@@ -1,1 +1,583 @@
-fn main() {}
+//! Compile time and memory on a large, generated configuration: 10,000 ServiceEntries,
+//! 2,000 VirtualServices, 2,000 DestinationRules and one egress Gateway over 20 namespaces.
+//!
+//! ```text
+//! cargo bench -p egret-model --bench compile            # timings (about a minute)
+//! cargo bench -p egret-model --bench compile -- --test  # each benchmark once (CI smoke)
+//! ```
+//!
+//! Groups: `compile/sidecar` (validation + analysis + build, a sidecar in `ns-03`),
+//! `compile/sidecar-build-only` (`compile::build`), `compile/gateway` (the egress gateway) and
+//! `load/yaml` (parsing the generated text). Before them it prints the wall time of one run of
+//! each and the memory the ConfigSet and the Snapshots hold.
+//!
+//! Memory: the workspace forbids `unsafe_code` (`forbid` cannot be relaxed per file), and a
+//! `#[global_allocator]` needs an `unsafe impl GlobalAlloc`, so heap sizes are measured from the
+//! process's anonymous resident memory (`RssAnon` in `/proc/self/status`) around each step,
+//! keeping every result alive. The first compile's growth also holds the allocator's cache of
+//! memory that compile freed; the build-only run that follows reuses that cache, so its growth
+//! is the better estimate of one Snapshot's size.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use egret_config::{ConfigSet, Severity};
+use egret_model::{ProxyIdentity, Snapshot};
+
+const SERVICE_ENTRIES: usize = 10_000;
+const VIRTUAL_SERVICES: usize = 2_000;
+const DESTINATION_RULES: usize = 2_000;
+const NAMESPACES: usize = 20;
+/// The namespace of the benchmarked sidecar.
+const SIDECAR_NS: &str = "ns-03";
+const GATEWAY_NS: &str = "istio-system";
+const GATEWAY_LABELS: &[(&str, &str)] = &[("istio", "egressgateway")];
+const GATEWAY_SERVICE: &str = "istio-egressgateway.istio-system.svc.cluster.local";
+const TCP_PORTS: [u16; 4] = [3306, 5432, 6379, 9092];
+
+// ===== The generated configuration =====
+//
+// ServiceEntry `i` lives in namespace `ns-(i % 20)`; its shape is chosen by `i % 10`:
+//   0, 1  DNS, HTTP 80                         svc-i.ext.test
+//   2, 3  DNS, HTTP 80 + HTTPS 443 (TLS origination by a DestinationRule)
+//   4..=6 DNS, HTTPS 443
+//   7     STATIC, HTTP 80, three endpoints labelled version v1/v2
+//   8     DNS, TCP on one of TCP_PORTS, address 203.0.113.x/32 (unique per address and port)
+//   9     wildcard *.wild-i.ext.test, resolution NONE (HTTP 80 or TLS 443, alternately)
+// Every 50th entry is exported to its own namespace only.
+//
+// VirtualService `j` and DestinationRule `j` are about the same host, in that host's namespace:
+//   j % 10 in 0..=6  HTTP routes for an HTTP service: a uri-prefix + header match to subsets
+//                    v1/v2 (90/10) with a timeout, a /static prefix split 70/30 across two other
+//                    services, and a default route with retries (port 443 for services that
+//                    originate TLS); DR: subsets, connection pool, outlier detection, and
+//                    portLevelSettings tls SIMPLE on 443
+//   j % 10 in 7, 8   TLS passthrough routes on sniHosts for an HTTPS service; DR: connection
+//                    pool and outlier detection on port 443
+//   j % 10 == 9      bound to `mesh` and the egress Gateway: the mesh leg to the gateway
+//                    service, the gateway leg to the external service; DR: subsets and pool
+
+fn ns(i: usize) -> String {
+    format!("ns-{:02}", i % NAMESPACES)
+}
+
+/// Index of the `k`-th ServiceEntry with an HTTP port 80 (shapes 0, 1, 2, 3, 7).
+fn http_se(k: usize) -> usize {
+    10 * (k / 5) + [0, 1, 2, 3, 7][k % 5]
+}
+
+/// Index of the `k`-th ServiceEntry with only an HTTPS port (shapes 4, 5, 6).
+fn https_se(k: usize) -> usize {
+    10 * (k / 3) + [4, 5, 6][k % 3]
+}
+
+fn se_host(i: usize) -> String {
+    if i % 10 == 9 {
+        format!("*.wild-{i}.ext.test")
+    } else {
+        format!("svc-{i}.ext.test")
+    }
+}
+
+fn service_entry(out: &mut String, i: usize) {
+    let host = se_host(i);
+    let (resolution, ports): (&str, &[(u16, &str, &str)]) = match i % 10 {
+        0 | 1 => ("DNS", &[(80, "http", "HTTP")]),
+        2 | 3 => ("DNS", &[(80, "http", "HTTP"), (443, "https", "HTTPS")]),
+        4..=6 => ("DNS", &[(443, "https", "HTTPS")]),
+        7 => ("STATIC", &[(80, "http", "HTTP")]),
+        8 => ("DNS", &[]),
+        _ if i % 20 == 9 => ("NONE", &[(80, "http", "HTTP")]),
+        _ => ("NONE", &[(443, "tls", "TLS")]),
+    };
+    writeln!(
+        out,
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se-{i}\n  namespace: {}\nspec:\n  hosts:\n  - \"{host}\"\n  location: MESH_EXTERNAL\n  resolution: {resolution}\n  ports:",
+        ns(i)
+    )
+    .unwrap();
+    if i % 10 == 8 {
+        let j = i / 10;
+        let port = TCP_PORTS[(j / 254) % TCP_PORTS.len()];
+        writeln!(
+            out,
+            "  - number: {port}\n    name: tcp-{port}\n    protocol: TCP\n  addresses:\n  - 203.0.113.{}/32",
+            j % 254 + 1
+        )
+        .unwrap();
+    }
+    for (number, name, protocol) in ports {
+        writeln!(
+            out,
+            "  - number: {number}\n    name: {name}\n    protocol: {protocol}"
+        )
+        .unwrap();
+    }
+    if i % 10 == 7 {
+        out.push_str("  endpoints:\n");
+        for (e, version) in ["v1", "v1", "v2"].iter().enumerate() {
+            writeln!(
+                out,
+                "  - address: 192.0.2.{}\n    labels:\n      version: {version}\n    weight: {}",
+                (i / 10 + e) % 250 + 1,
+                e + 1
+            )
+            .unwrap();
+        }
+    }
+    if i % 50 == 1 {
+        out.push_str("  exportTo:\n  - \".\"\n");
+    }
+}
+
+fn virtual_service(out: &mut String, j: usize) {
+    match j % 10 {
+        0..=6 => {
+            let i = http_se(j);
+            let host = se_host(i);
+            let port = if matches!(i % 10, 2 | 3) { 443 } else { 80 };
+            let (a, b) = (se_host(http_se(j + 2000)), se_host(http_se(j + 3000)));
+            writeln!(
+                out,
+                r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vs-{j}
+  namespace: {ns}
+spec:
+  hosts:
+  - {host}
+  http:
+  - name: api
+    match:
+    - uri:
+        prefix: /api/v{v}
+      headers:
+        x-tenant:
+          exact: tenant-{t}
+    - uri:
+        prefix: /api/v{v}/admin
+      headers:
+        x-canary:
+          exact: "true"
+    route:
+    - destination:
+        host: {host}
+        subset: v1
+        port:
+          number: 80
+      weight: 90
+    - destination:
+        host: {host}
+        subset: v2
+        port:
+          number: 80
+      weight: 10
+    timeout: 5s
+  - name: static
+    match:
+    - uri:
+        prefix: /static
+    route:
+    - destination:
+        host: {a}
+      weight: 70
+    - destination:
+        host: {b}
+      weight: 30
+    timeout: 2s
+  - name: default
+    route:
+    - destination:
+        host: {host}
+        port:
+          number: {port}
+    timeout: 15s
+    retries:
+      attempts: 3
+      perTryTimeout: 2s
+      retryOn: 5xx,connect-failure"#,
+                ns = ns(i),
+                v = j % 3 + 1,
+                t = j % 7,
+            )
+            .unwrap();
+        }
+        7 | 8 => {
+            let i = https_se(j);
+            let host = se_host(i);
+            writeln!(
+                out,
+                r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vs-{j}
+  namespace: {ns}
+spec:
+  hosts:
+  - {host}
+  tls:
+  - match:
+    - port: 443
+      sniHosts:
+      - {host}
+    route:
+    - destination:
+        host: {host}
+        port:
+          number: 443"#,
+                ns = ns(i),
+            )
+            .unwrap();
+        }
+        _ => {
+            let i = http_se(j);
+            let host = se_host(i);
+            writeln!(
+                out,
+                r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vs-{j}
+  namespace: {ns}
+spec:
+  hosts:
+  - {host}
+  gateways:
+  - {GATEWAY_NS}/egress-gw
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: {GATEWAY_SERVICE}
+        port:
+          number: 80
+  - match:
+    - gateways:
+      - {GATEWAY_NS}/egress-gw
+      port: 80
+    route:
+    - destination:
+        host: {host}
+        subset: v1
+        port:
+          number: 80
+      weight: 80
+    - destination:
+        host: {host}
+        subset: v2
+        port:
+          number: 80
+      weight: 20
+    timeout: 10s"#,
+                ns = ns(i),
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn destination_rule(out: &mut String, j: usize) {
+    const POOL: &str = r#"
+    connectionPool:
+      tcp:
+        maxConnections: 100
+        connectTimeout: 3s
+      http:
+        http1MaxPendingRequests: 64
+        maxRequestsPerConnection: 10
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 10s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 50"#;
+    const SUBSETS: &str = r#"
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+    trafficPolicy:
+      loadBalancer:
+        simple: ROUND_ROBIN"#;
+    let (i, body) = match j % 10 {
+        0..=6 => {
+            let i = http_se(j);
+            let body = format!(
+                r#"
+  trafficPolicy:{POOL}
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+        mode: SIMPLE
+        sni: {host}{SUBSETS}"#,
+                host = se_host(i)
+            );
+            (i, body)
+        }
+        7 | 8 => {
+            let i = https_se(j);
+            let body = format!(
+                r#"
+  trafficPolicy:
+    portLevelSettings:
+    - port:
+        number: 443{}"#,
+                POOL.replace("\n    ", "\n      ")
+            );
+            (i, body)
+        }
+        _ => (http_se(j), format!("\n  trafficPolicy:{POOL}{SUBSETS}")),
+    };
+    writeln!(
+        out,
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: dr-{j}\n  namespace: {}\nspec:\n  host: \"{}\"{body}",
+        ns(i),
+        se_host(i)
+    )
+    .unwrap();
+}
+
+fn gateway(out: &mut String) {
+    writeln!(
+        out,
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: egress-gw
+  namespace: {GATEWAY_NS}
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*.ext.test"
+  - port:
+      number: 443
+      name: tls
+      protocol: TLS
+    hosts:
+    - "*.ext.test"
+    tls:
+      mode: PASSTHROUGH
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: istio-egressgateway
+  namespace: {GATEWAY_NS}
+spec:
+  hosts:
+  - {GATEWAY_SERVICE}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  - number: 443
+    name: tls
+    protocol: TLS
+  endpoints:
+  - address: 198.51.100.20
+    labels:
+      istio: egressgateway"#
+    )
+    .unwrap();
+}
+
+/// The whole configuration as one multi-document YAML text. Deterministic.
+fn generate() -> String {
+    let mut out = String::with_capacity(16 << 20);
+    gateway(&mut out);
+    for i in 0..SERVICE_ENTRIES {
+        service_entry(&mut out, i);
+    }
+    for j in 0..VIRTUAL_SERVICES {
+        virtual_service(&mut out, j);
+    }
+    for j in 0..DESTINATION_RULES {
+        destination_rule(&mut out, j);
+    }
+    out
+}
+
+// ===== Measurements =====
+
+/// Anonymous resident memory of this process, in bytes (Linux; `None` elsewhere).
+fn rss_anon() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            let kb = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
+            kb.parse::<u64>().ok().map(|kb| kb * 1024)
+        })
+    };
+    field("RssAnon:").or_else(|| field("VmRSS:"))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Run `f` once, keeping its result: (result, wall time, growth of resident memory).
+fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<u64>) {
+    let before = rss_anon();
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    let after = rss_anon();
+    let grew = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+    (out, took, grew)
+}
+
+fn fmt_mem(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "n/a".to_string(), |b| format!("{:.1} MiB", mib(b)))
+}
+
+fn describe(s: &Snapshot) -> String {
+    let vhosts: usize = s.listeners.iter().map(|l| l.virtual_hosts.len()).sum();
+    let chains: usize = s
+        .listeners
+        .iter()
+        .map(|l| l.tls_chains.len() + l.tcp_chains.len())
+        .sum();
+    format!(
+        "{} listeners, {} clusters; {vhosts} virtual hosts, {chains} L4 chains",
+        s.listeners.len(),
+        s.clusters.len()
+    )
+}
+
+fn sidecar() -> ProxyIdentity {
+    ProxyIdentity::sidecar(SIDECAR_NS)
+}
+
+fn egress_gateway() -> ProxyIdentity {
+    ProxyIdentity::gateway(GATEWAY_NS, GATEWAY_LABELS)
+}
+
+/// One run of each step, with wall time and memory, printed once before the benchmarks.
+fn report(yaml: &str) -> ConfigSet {
+    let (set_and_diags, load_time, set_mem) = measure(|| ConfigSet::from_str("bench.yaml", yaml));
+    let (set, load_diags) = set_and_diags;
+    let load_errors = load_diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    assert_eq!(load_errors, 0, "generated config must load cleanly: {load_diags:?}");
+    println!(
+        "config: {} objects ({} ServiceEntries, {} VirtualServices, {} DestinationRules, {} Gateways), {:.1} MiB of YAML",
+        set.object_count(),
+        set.service_entries.len(),
+        set.virtual_services.len(),
+        set.destination_rules.len(),
+        set.gateways.len(),
+        mib(yaml.len() as u64),
+    );
+    println!(
+        "ConfigSet heap: {} (RSS growth of the load, parser garbage included)",
+        fmt_mem(set_mem)
+    );
+    println!("wall time, one run each:");
+    println!("  load/yaml                  {load_time:>10.1?}");
+
+    let (full, full_time, full_mem) = measure(|| egret_model::compile(&set, &sidecar()));
+    let (snapshot, diags) = &full;
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    println!(
+        "  compile/sidecar            {full_time:>10.1?}  ({}; {} diagnostics, {errors} errors)",
+        describe(snapshot),
+        diags.len()
+    );
+    let (built, build_time, build_mem) =
+        measure(|| egret_model::compile::build(&set, &sidecar(), Vec::new()));
+    println!(
+        "  compile/sidecar-build-only {build_time:>10.1?}  ({})",
+        describe(&built)
+    );
+    let (gw, gw_time, gw_mem) = measure(|| egret_model::compile(&set, &egress_gateway()));
+    println!(
+        "  compile/gateway            {gw_time:>10.1?}  ({}; {} diagnostics)",
+        describe(&gw.0),
+        gw.1.len()
+    );
+    println!(
+        "snapshot heap: {} ({} listeners, {} clusters) (RSS growth of the build-only run)",
+        fmt_mem(build_mem),
+        built.listeners.len(),
+        built.clusters.len()
+    );
+    println!(
+        "  RSS growth of the first full compile (snapshot + allocator cache): {}; gateway compile: {}",
+        fmt_mem(full_mem),
+        fmt_mem(gw_mem)
+    );
+    drop((full, built, gw));
+    set
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let listing = args.iter().any(|a| a == "--list");
+
+    let gen_start = Instant::now();
+    let yaml = generate();
+    let gen_time = gen_start.elapsed();
+    let set = if listing {
+        ConfigSet::from_str("bench.yaml", &yaml).0
+    } else {
+        println!("generated {:.1} MiB of YAML in {gen_time:.1?}", mib(yaml.len() as u64));
+        report(&yaml)
+    };
+
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+
+    let proxy = sidecar();
+    let gw = egress_gateway();
+    let mut g = c.benchmark_group("compile");
+    g.bench_function("sidecar", |b| {
+        b.iter_with_large_drop(|| egret_model::compile(black_box(&set), &proxy))
+    });
+    g.bench_function("sidecar-build-only", |b| {
+        b.iter_with_large_drop(|| egret_model::compile::build(black_box(&set), &proxy, Vec::new()))
+    });
+    g.bench_function("gateway", |b| {
+        b.iter_with_large_drop(|| egret_model::compile(black_box(&set), &gw))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("load");
+    g.bench_function("yaml", |b| {
+        b.iter_with_large_drop(|| ConfigSet::from_str("bench.yaml", black_box(&yaml)))
+    });
+    g.finish();
+
+    c.final_summary();
+}
