@@ -167,6 +167,16 @@ impl Loader {
     /// Finish: merge the mesh config documents and return everything read.
     pub fn finish(mut self) -> (ConfigSet, Diagnostics) {
         self.finish_mesh();
+        let d = &mut self.diags;
+        dedupe(&mut self.set.service_entries, d);
+        dedupe(&mut self.set.destination_rules, d);
+        dedupe(&mut self.set.virtual_services, d);
+        dedupe(&mut self.set.gateways, d);
+        dedupe(&mut self.set.sidecars, d);
+        dedupe(&mut self.set.workload_entries, d);
+        dedupe(&mut self.set.authorization_policies, d);
+        dedupe(&mut self.set.request_authentications, d);
+        dedupe(&mut self.set.asm_egress_policies, d);
         self.diags.sort();
         (self.set, self.diags)
     }
@@ -612,6 +622,29 @@ impl Loader {
 
 /// `visited` holds the canonical directories already walked, so a symlink cycle (`a/up -> ..`)
 /// neither loops nor reads the same files again under longer names.
+/// Objects are identified by kind, namespace and name: a later definition replaces an earlier
+/// one, as `kubectl apply` of the files in order would. Said with a warning, since two files
+/// defining the same object is usually a mistake.
+fn dedupe<S>(objects: &mut Vec<Object<S>>, diags: &mut Diagnostics) {
+    let mut keep: Vec<Object<S>> = Vec::with_capacity(objects.len());
+    for o in objects.drain(..) {
+        if let Some(i) = keep.iter().position(|k| k.key() == o.key()) {
+            let earlier = keep.remove(i);
+            diags.push(o.warning(
+                "metadata.name",
+                format!(
+                    "replaces the {} defined at {}:{} (the later definition wins, as with kubectl apply)",
+                    earlier.kind,
+                    earlier.origin.file,
+                    earlier.origin.positions.start()
+                ),
+            ));
+        }
+        keep.push(o);
+    }
+    *objects = keep;
+}
+
 fn collect_yaml_files(
     dir: &Path,
     out: &mut Vec<PathBuf>,

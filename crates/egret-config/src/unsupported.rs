@@ -244,13 +244,34 @@ pub const UNSUPPORTED: &[(Kind, &str, &str)] = &[
 /// traffic policy can sit in a DestinationRule (top level, port level, subset, subset port
 /// level); the top-level paths are also rows of [`UNSUPPORTED`].
 pub const TRAFFIC_POLICY_UNSUPPORTED: &[(&str, &str)] = &[
-    ("tunnel", "HTTP CONNECT/POST tunnelling to the upstream is not implemented"),
-    ("proxyProtocol", "PROXY protocol towards upstreams is not implemented"),
-    ("retryBudget", "retry budgets are not implemented; maxRetries still applies"),
-    ("loadBalancer.warmup", "slow-start warmup is not implemented"),
-    ("loadBalancer.warmupDurationSecs", "slow-start warmup is not implemented"),
-    ("connectionPool.http.http2KeepAlive", "HTTP/2 keepalive pings are not implemented"),
-    ("loadBalancer.consistentHash.httpCookie.attributes", "cookie attributes are not implemented"),
+    (
+        "tunnel",
+        "HTTP CONNECT/POST tunnelling to the upstream is not implemented",
+    ),
+    (
+        "proxyProtocol",
+        "PROXY protocol towards upstreams is not implemented",
+    ),
+    (
+        "retryBudget",
+        "retry budgets are not implemented; maxRetries still applies",
+    ),
+    (
+        "loadBalancer.warmup",
+        "slow-start warmup is not implemented",
+    ),
+    (
+        "loadBalancer.warmupDurationSecs",
+        "slow-start warmup is not implemented",
+    ),
+    (
+        "connectionPool.http.http2KeepAlive",
+        "HTTP/2 keepalive pings are not implemented",
+    ),
+    (
+        "loadBalancer.consistentHash.httpCookie.attributes",
+        "cookie attributes are not implemented",
+    ),
 ];
 
 const NESTED_TRAFFIC_POLICIES: &[&str] = &[
@@ -278,7 +299,10 @@ pub fn check(kind: Kind, spec: &Value) -> Vec<(String, String)> {
         for nest in NESTED_TRAFFIC_POLICIES {
             for (rel, why) in TRAFFIC_POLICY_UNSUPPORTED {
                 let pattern = format!("{nest}.{rel}");
-                if UNSUPPORTED.iter().any(|(k, p, _)| *k == kind && *p == pattern) {
+                if UNSUPPORTED
+                    .iter()
+                    .any(|(k, p, _)| *k == kind && *p == pattern)
+                {
                     continue;
                 }
                 let mut found = Vec::new();
@@ -339,7 +363,10 @@ mod tests {
             }}],
             "trafficPolicy": {"portLevelSettings": [{"connectionPool": {"http": {"http2KeepAlive": {}}}}]}
         });
-        let paths: Vec<String> = check(Kind::DestinationRule, &spec).into_iter().map(|x| x.0).collect();
+        let paths: Vec<String> = check(Kind::DestinationRule, &spec)
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         assert_eq!(
             paths,
             vec![

@@ -484,7 +484,10 @@ fn report(yaml: &str) -> ConfigSet {
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
-    assert_eq!(load_errors, 0, "generated config must load cleanly: {load_diags:?}");
+    assert_eq!(
+        load_errors, 0,
+        "generated config must load cleanly: {load_diags:?}"
+    );
     println!(
         "config: {} objects ({} ServiceEntries, {} VirtualServices, {} DestinationRules, {} Gateways), {:.1} MiB of YAML",
         set.object_count(),
@@ -549,7 +552,10 @@ fn main() {
     let set = if listing {
         ConfigSet::from_str("bench.yaml", &yaml).0
     } else {
-        println!("generated {:.1} MiB of YAML in {gen_time:.1?}", mib(yaml.len() as u64));
+        println!(
+            "generated {:.1} MiB of YAML in {gen_time:.1?}",
+            mib(yaml.len() as u64)
+        );
         report(&yaml)
     };
 

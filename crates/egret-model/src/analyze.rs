@@ -21,7 +21,28 @@ pub fn analyze(set: &ConfigSet) -> Diagnostics {
     gateway_leg_without_mutual_tls(set, &mut d);
     authz_providers(set, &mut d);
     duplicate_default_sidecars(set, &mut d);
+    asm_prerequisite(set, &mut d);
     d
+}
+
+/// ASM's egress traffic policy only blackholes workloads it does not name when the mesh is
+/// REGISTRY_ONLY (its documented prerequisite).
+fn asm_prerequisite(set: &ConfigSet, d: &mut Diagnostics) {
+    let registry_only = set
+        .mesh
+        .outbound_traffic_policy
+        .as_ref()
+        .and_then(|p| p.mode)
+        == Some(egret_config::types::OutboundMode::RegistryOnly);
+    if registry_only {
+        return;
+    }
+    for p in &set.asm_egress_policies {
+        d.push(p.warning(
+            "spec",
+            "ASMEgressTrafficPolicy needs meshConfig.outboundTrafficPolicy.mode REGISTRY_ONLY: under ALLOW_ANY, workloads not named in egressRules still reach these hosts directly",
+        ));
+    }
 }
 
 /// Every host any ServiceEntry declares (canonical).
@@ -98,9 +119,7 @@ fn virtual_service_references(set: &ConfigSet, d: &mut Diagnostics) {
                     };
                     d.push(vs.warning(
                         &format!("{path}[{i}]"),
-                        format!(
-                            "gateway \"{g}\" not found: these routes bind to no gateway{hint}"
-                        ),
+                        format!("gateway \"{g}\" not found: these routes bind to no gateway{hint}"),
                     ));
                 }
             }
@@ -375,7 +394,9 @@ fn gateway_leg_without_mutual_tls(set: &ConfigSet, d: &mut Diagnostics) {
                     continue;
                 };
                 let cluster = crate::clusters::build(&scope, &h, port16, dest.subset.as_deref());
-                let mutual = cluster.policy.tls.mode == ClientTlsMode::IstioMutual;
+                // What the configuration asks for, not egret's automatic upgrade.
+                let mutual = cluster.policy.tls.mode == ClientTlsMode::IstioMutual
+                    && !cluster.policy.tls.auto_mtls;
                 let server_mode = server.tls.as_ref().and_then(|t| t.mode);
                 let path = format!("spec.http[{i}].route[{j}].destination");
                 if server_mode == Some(ServerTlsMode::IstioMutual) && !mutual {
@@ -413,15 +434,15 @@ fn authz_providers(set: &ConfigSet, d: &mut Diagnostics) {
         .filter_map(|p| p.name.as_deref())
         .collect();
     for ap in &set.authorization_policies {
-        if let Some(name) = ap.spec.provider.as_ref().and_then(|p| p.name.as_deref()) {
-            if !names.contains(&name) {
-                // Istio does not reject the policy; istiod turns it into deny-all for the
-                // requests it matches.
-                d.push(ap.warning(
-                    "spec.provider.name",
-                    format!("extension provider \"{name}\" is not defined in meshConfig.extensionProviders: requests this policy matches will be denied"),
-                ));
-            }
+        // Istio does not reject the policy; istiod turns it into deny-all for the requests
+        // it matches.
+        if let Some(name) = ap.spec.provider.as_ref().and_then(|p| p.name.as_deref())
+            && !names.contains(&name)
+        {
+            d.push(ap.warning(
+                "spec.provider.name",
+                format!("extension provider \"{name}\" is not defined in meshConfig.extensionProviders: requests this policy matches will be denied"),
+            ));
         }
     }
 }

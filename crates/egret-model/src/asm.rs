@@ -9,8 +9,10 @@
 //!   `G.N.svc.cluster.local` (subset `<to>`) on the gateway port; the gateway leg sends it to
 //!   the external host on its port.
 //! - DestinationRule `<policy>`: ISTIO_MUTUAL to the gateway per subset, SNI = first host.
-//! - Sidecar per distinct `from` (namespace + labels): imports only the allowed hosts and the
-//!   gateway, REGISTRY_ONLY — so workloads not named are blackholed.
+//! - Visibility: everything above is exported only to N and the `from` namespaces; inside a
+//!   `from` namespace a namespace-wide Sidecar hides hosts granted only to selected workloads
+//!   (`~N/host` exclusions) and each selected workload gets a Sidecar that shows its own. With
+//!   the REGISTRY_ONLY prerequisite, a workload not named is blackholed, as in ASM.
 //!
 //! Sidecar -> gateway is always mutual TLS, as in ASM. The gateway itself must be described as
 //! a MESH_INTERNAL ServiceEntry when egret runs without Kubernetes.
@@ -88,12 +90,24 @@ fn expand_one(
     let pname = p.meta.name.clone();
     let gw_host = format!("{gw_name}.{ns}.svc.cluster.local");
     let gw_ref = format!("{ns}/{pname}");
+    // Visible only where it is needed: the gateway's namespace and the namespaces of the
+    // `from` workloads. Anyone else sees nothing of it (and is blackholed under the
+    // REGISTRY_ONLY prerequisite).
+    let mut export_to = vec![ns.clone()];
+    for f in p.spec.egress_rules.iter().flat_map(|r| &r.from) {
+        if let Some(n) = &f.namespace
+            && !export_to.contains(n)
+        {
+            export_to.push(n.clone());
+        }
+    }
 
     // Gateway servers by gateway port: (protocol, hosts)
     let mut servers: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
     let mut subsets = Vec::new();
-    // Sidecars by (namespace, labels): imported hosts
-    let mut sidecars: BTreeMap<(String, BTreeMap<String, String>), Vec<String>> = BTreeMap::new();
+    // from-namespace -> workload labels (empty = the whole namespace) -> granted hosts
+    let mut grants: BTreeMap<String, BTreeMap<BTreeMap<String, String>, Vec<String>>> =
+        BTreeMap::new();
 
     for (ri, rule) in p.spec.egress_rules.iter().enumerate() {
         for (ti, to) in rule.to.iter().enumerate() {
@@ -130,7 +144,7 @@ fn expand_one(
                     }],
                     location: Some(Location::MeshExternal),
                     resolution: Some(Resolution::Dns),
-                    export_to: vec!["*".into()],
+                    export_to: export_to.clone(),
                     ..Default::default()
                 },
                 generated,
@@ -207,7 +221,7 @@ fn expand_one(
                             ..Default::default()
                         },
                     ],
-                    export_to: vec!["*".into()],
+                    export_to: export_to.clone(),
                     ..Default::default()
                 }
             } else {
@@ -237,7 +251,7 @@ fn expand_one(
                             weight: Some(100),
                         }],
                     }],
-                    export_to: vec!["*".into()],
+                    export_to: export_to.clone(),
                     ..Default::default()
                 }
             };
@@ -256,13 +270,14 @@ fn expand_one(
                 let Some(fns) = f.namespace.clone() else {
                     continue;
                 };
-                let hosts = sidecars
-                    .entry((fns, f.workload_selector.clone()))
+                let hosts = grants
+                    .entry(fns)
+                    .or_default()
+                    .entry(f.workload_selector.clone())
                     .or_default();
                 for h in &to.hosts {
-                    let entry = format!("{ns}/{h}");
-                    if !hosts.contains(&entry) {
-                        hosts.push(entry);
+                    if !hosts.contains(h) {
+                        hosts.push(h.clone());
                     }
                 }
             }
@@ -311,37 +326,75 @@ fn expand_one(
         DestinationRule {
             host: Some(gw_host.clone()),
             subsets,
-            export_to: vec!["*".into()],
+            export_to: export_to.clone(),
             ..Default::default()
         },
         generated,
     ));
-    for (i, ((fns, labels), mut hosts)) in sidecars.into_iter().enumerate() {
-        hosts.push(format!("*/{gw_host}"));
+    // Within a `from` namespace, workloads not granted a host must not see it. A
+    // namespace-wide Sidecar imports everything except the hosts granted only to selected
+    // workloads (`~ns/host` exclusions); each selected workload gets a Sidecar that lets it
+    // see its own grants.
+    for (fns, by_selector) in grants {
+        let all: Vec<&String> = by_selector.values().flatten().collect();
+        let everyone: Vec<String> = by_selector
+            .get(&BTreeMap::new())
+            .cloned()
+            .unwrap_or_default();
+        let hidden: Vec<&String> = all
+            .iter()
+            .copied()
+            .filter(|h| !everyone.contains(h))
+            .collect();
+        if hidden.is_empty() {
+            continue;
+        }
+        let sidecar = |labels: BTreeMap<String, String>, excluded: Vec<String>| Sidecar {
+            workload_selector: if labels.is_empty() {
+                None
+            } else {
+                Some(WorkloadSelector { labels })
+            },
+            egress: vec![EgressListener {
+                hosts: std::iter::once("*/*".to_string())
+                    .chain(excluded.into_iter().map(|h| format!("~{ns}/{h}")))
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut unique: Vec<String> = hidden.iter().map(|h| h.to_string()).collect();
+        unique.sort();
+        unique.dedup();
         set.sidecars.push(obj(
             p,
             "spec.egressRules",
             Kind::Sidecar,
             NET,
             &fns,
-            format!("{pname}-{i}"),
-            Sidecar {
-                workload_selector: if labels.is_empty() {
-                    None
-                } else {
-                    Some(WorkloadSelector { labels })
-                },
-                egress: vec![EgressListener {
-                    hosts,
-                    ..Default::default()
-                }],
-                outbound_traffic_policy: Some(OutboundTrafficPolicy {
-                    mode: Some(OutboundMode::RegistryOnly),
-                    egress_proxy: None,
-                }),
-                ..Default::default()
-            },
+            format!("{pname}-default"),
+            sidecar(BTreeMap::new(), unique.clone()),
             generated,
         ));
+        for (i, (labels, granted)) in by_selector.iter().enumerate() {
+            if labels.is_empty() {
+                continue;
+            }
+            let excluded: Vec<String> = unique
+                .iter()
+                .filter(|h| !granted.contains(h))
+                .cloned()
+                .collect();
+            set.sidecars.push(obj(
+                p,
+                "spec.egressRules",
+                Kind::Sidecar,
+                NET,
+                &fns,
+                format!("{pname}-{i}"),
+                sidecar(labels.clone(), excluded),
+                generated,
+            ));
+        }
     }
 }

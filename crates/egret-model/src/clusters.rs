@@ -20,7 +20,23 @@ pub fn build(scope: &Scope<'_>, host: &str, port: u16, subset: Option<&str>) -> 
     let svc = scope.service(host);
     let dr = find_destination_rule(scope, host, svc.map(Service::namespace));
     let (policy_spec, subset_labels) = merged_policy(dr, subset, port);
-    let policy = compile_policy(policy_spec.as_ref(), svc);
+    let mut policy = compile_policy(policy_spec.as_ref(), svc);
+    // Sidecars reach MESH_INTERNAL destinations — in egret, its egress gateways — only over
+    // mutual TLS with mesh identities. Istio sends plaintext there unless a DestinationRule
+    // says ISTIO_MUTUAL; egret upgrades (and `analyze` warns about the config).
+    if scope.proxy.role == crate::identity::Role::Sidecar
+        && svc.is_some_and(|s| s.location == Location::MeshInternal)
+        && policy.tls.mode != ClientTlsMode::IstioMutual
+    {
+        policy.tls = UpstreamTls {
+            mode: ClientTlsMode::IstioMutual,
+            verify: Verify::MeshRoots,
+            sni: policy.tls.sni.clone(),
+            subject_alt_names: policy.tls.subject_alt_names.clone(),
+            auto_mtls: true,
+            ..UpstreamTls::default()
+        };
+    }
     let svc_port = svc.and_then(|s| s.port(port));
     let target_port = svc_port.and_then(|p| p.target_port).unwrap_or(port);
     let endpoints = match svc {
@@ -69,10 +85,10 @@ pub fn find_destination_rule<'a>(
             .collect()
     };
     let mut order: Vec<&str> = vec![proxy_ns];
-    if let Some(ns) = svc_ns {
-        if !order.contains(&ns) {
-            order.push(ns);
-        }
+    if let Some(ns) = svc_ns
+        && !order.contains(&ns)
+    {
+        order.push(ns);
     }
     if !order.contains(&scope.root_ns.as_str()) {
         order.push(scope.root_ns.as_str());
@@ -90,7 +106,9 @@ fn most_specific<'a>(
     drs: &[&'a Object<DestinationRule>],
     host: &str,
 ) -> Option<&'a Object<DestinationRule>> {
-    let mut best: Option<(&'a Object<DestinationRule>, (bool, usize, bool))> = None;
+    // (exact host, host length, has a workloadSelector): higher is more specific.
+    type Rank = (bool, usize, bool);
+    let mut best: Option<(&'a Object<DestinationRule>, Rank)> = None;
     for dr in drs {
         let Some(h) = &dr.spec.host else { continue };
         let h = host::resolve_short_name(h, &dr.meta.namespace);
@@ -325,6 +343,8 @@ fn upstream_tls(t: &ClientTlsSettings, svc: Option<&Service<'_>>) -> UpstreamTls
         Verify::MeshRoots
     } else if let Some(ca) = &t.ca_certificates {
         Verify::CaFile(ca.clone())
+    } else if let Some(cred) = &t.credential_name {
+        Verify::Credential(cred.clone())
     } else {
         // Secure by default: Istio historically skipped verification without
         // caCertificates; egret verifies against the system roots.
@@ -345,6 +365,7 @@ fn upstream_tls(t: &ClientTlsSettings, svc: Option<&Service<'_>>) -> UpstreamTls
         ca_crl: t.ca_crl.clone(),
         subject_alt_names,
         sni: t.sni.as_deref().map(host::canonical),
+        auto_mtls: false,
     }
 }
 

@@ -324,6 +324,7 @@ fn sidecar_tls_chains(
                 }
                 chains.push(L4Chain {
                     source: format!("VirtualService {} tls[{i}]", vs.key()),
+                    sni_wildcard_matches_apex: true,
                     sni_hosts: m
                         .sni_hosts
                         .iter()
@@ -353,6 +354,7 @@ fn sidecar_tls_chains(
         refs.push((s.host.clone(), port, None));
         defaults.push(L4Chain {
             source: format!("ServiceEntry {}", s.key()),
+            sni_wildcard_matches_apex: false,
             sni_hosts: vec![s.host.clone()],
             destination_subnets: s.addresses.clone(),
             route: vec![WeightedCluster {
@@ -436,6 +438,7 @@ fn sidecar_tcp_chains(
                     .unwrap_or_default();
                 chains.push(L4Chain {
                     source: format!("VirtualService {} tcp[{i}]", vs.key()),
+                    sni_wildcard_matches_apex: false,
                     sni_hosts: Vec::new(),
                     destination_subnets: if subnets.is_empty() {
                         vs_addresses.clone()
@@ -461,6 +464,7 @@ fn sidecar_tcp_chains(
         }
         let chain = L4Chain {
             source: format!("ServiceEntry {}", s.key()),
+            sni_wildcard_matches_apex: false,
             sni_hosts: Vec::new(),
             destination_subnets: s.addresses.clone(),
             route: vec![WeightedCluster {
@@ -662,6 +666,7 @@ fn gateway_listeners(
                                 }
                                 l.tls_chains.push(L4Chain {
                                     source: format!("VirtualService {} tls[{ri}]", vs.key()),
+                                    sni_wildcard_matches_apex: true,
                                     sni_hosts: m
                                         .sni_hosts
                                         .iter()
@@ -701,6 +706,7 @@ fn gateway_listeners(
                             }
                             l.tcp_chains.push(L4Chain {
                                 source: format!("VirtualService {} tcp[{ri}]", vs.key()),
+                                sni_wildcard_matches_apex: false,
                                 sni_hosts: Vec::new(),
                                 destination_subnets: Vec::new(),
                                 route,

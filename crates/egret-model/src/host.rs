@@ -61,10 +61,10 @@ pub fn intersects(a: &str, b: &str) -> bool {
 /// TLS `sniHosts` matching: like [`matches`], but `*.foo.com` also matches `foo.com`
 /// (Envoy server_names semantics, `istio-egress-spec.md` §3).
 pub fn sni_matches(pattern: &str, sni: &str) -> bool {
-    if let Some(rest) = pattern.strip_prefix("*.") {
-        if sni == rest {
-            return true;
-        }
+    if let Some(rest) = pattern.strip_prefix("*.")
+        && sni == rest
+    {
+        return true;
     }
     matches(pattern, sni)
 }
@@ -148,7 +148,7 @@ impl<T: Clone> HostIndex<T> {
     /// Call after the last insert.
     pub fn finish(&mut self) {
         // Stable: equal lengths keep insertion order.
-        self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
     }
 
     /// The most specific match for a canonical concrete name.

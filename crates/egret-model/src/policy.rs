@@ -82,18 +82,18 @@ pub fn mesh_settings(mesh: &MeshConfig, root_ns: &str) -> MeshSettings {
 /// when present (present without `mode` = REGISTRY_ONLY, the enum zero value), else the
 /// mesh's, else Istio's default ALLOW_ANY. (`istio-egress-spec.md` §5, §10.1)
 pub fn outbound_policy(scope: &Scope<'_>) -> OutboundPolicy {
-    if let Some(sc) = scope.sidecar {
-        if let Some(otp) = &sc.spec.outbound_traffic_policy {
-            let mode = match otp.mode.unwrap_or(Mode::RegistryOnly) {
-                Mode::RegistryOnly => OutboundMode::RegistryOnly,
-                // ALLOW_ANY_DYNAMIC_DNS is rejected on Sidecars by validation.
-                Mode::AllowAny | Mode::AllowAnyDynamicDns => OutboundMode::AllowAny,
-            };
-            return OutboundPolicy {
-                mode,
-                source: format!("Sidecar {}", sc.key()),
-            };
-        }
+    if let Some(sc) = scope.sidecar
+        && let Some(otp) = &sc.spec.outbound_traffic_policy
+    {
+        let mode = match otp.mode.unwrap_or(Mode::RegistryOnly) {
+            Mode::RegistryOnly => OutboundMode::RegistryOnly,
+            // ALLOW_ANY_DYNAMIC_DNS is rejected on Sidecars by validation.
+            Mode::AllowAny | Mode::AllowAnyDynamicDns => OutboundMode::AllowAny,
+        };
+        return OutboundPolicy {
+            mode,
+            source: format!("Sidecar {}", sc.key()),
+        };
     }
     match scope
         .set

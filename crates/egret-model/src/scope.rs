@@ -166,8 +166,10 @@ impl<'a> Scope<'a> {
         for l in listeners {
             for h in &l.hosts {
                 if let Some((ns, host)) = h.split_once('/') {
+                    // `.` is the workload's own namespace, also in a mesh-wide default
+                    // Sidecar from the root namespace (Istio's convertIstioListenerToWrapper).
                     let ns = if ns == "." {
-                        sc.meta.namespace.clone()
+                        self.proxy.namespace.clone()
                     } else {
                         ns.to_string()
                     };
@@ -180,13 +182,24 @@ impl<'a> Scope<'a> {
 
     /// Sidecar `egress.hosts` scoping: does the proxy import `host` from namespace `ns`?
     /// (Only prunes configuration; unmatched traffic falls to the outbound policy.)
+    /// Entries `~ns/host` (newer Istio API) subtract from what the others import; `~/*`
+    /// imports nothing.
     pub fn imported(&self, ns: &str, hosts: &[String]) -> bool {
         let Some(imports) = self.imports() else {
             return true;
         };
-        imports.iter().any(|(ins, ih)| {
-            let ns_ok = ins == "*" || ins == ns;
-            ns_ok && hosts.iter().any(|h| host::intersects(ih, h))
+        let ns_ok = |ins: &str| ins == "*" || ins == ns;
+        hosts.iter().any(|h| {
+            let included = imports
+                .iter()
+                .filter(|(ins, _)| !ins.starts_with('~'))
+                .any(|(ins, ih)| ns_ok(ins) && host::intersects(ih, h));
+            let excluded = imports.iter().any(|(ins, ih)| {
+                ins.strip_prefix('~')
+                    .filter(|rest| !rest.is_empty())
+                    .is_some_and(|ens| ns_ok(ens) && host::matches(ih, h))
+            });
+            included && !excluded
         })
     }
 

@@ -226,6 +226,11 @@ pub struct L4Chain {
     /// TLS only; empty = any SNI (or none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sni_hosts: Vec<String>,
+    /// VirtualService `sniHosts` semantics: `*.foo.com` also matches `foo.com`
+    /// (`istio-egress-spec.md` §3). ServiceEntry hosts use plain wildcard matching, as
+    /// Envoy's `server_names` do.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sni_wildcard_matches_apex: bool,
     /// Empty = any destination address.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_subnets: Vec<IpNet>,
@@ -235,7 +240,15 @@ pub struct L4Chain {
 impl L4Chain {
     pub fn matches(&self, sni: Option<&str>, dst: Option<IpAddr>) -> bool {
         let sni_ok = self.sni_hosts.is_empty()
-            || sni.is_some_and(|s| self.sni_hosts.iter().any(|p| host::sni_matches(p, s)));
+            || sni.is_some_and(|s| {
+                self.sni_hosts.iter().any(|p| {
+                    if self.sni_wildcard_matches_apex {
+                        host::sni_matches(p, s)
+                    } else {
+                        host::matches(p, s)
+                    }
+                })
+            });
         let dst_ok = self.destination_subnets.is_empty()
             || dst.is_some_and(|ip| self.destination_subnets.iter().any(|n| n.contains(&ip)));
         sni_ok && dst_ok
@@ -583,6 +596,11 @@ pub struct UpstreamTls {
     pub subject_alt_names: Vec<String>,
     /// SNI to send; `None` = the request's Host/:authority (Istio auto-SNI).
     pub sni: Option<String>,
+    /// Set when egret chose mutual TLS itself: a sidecar always speaks ISTIO_MUTUAL to
+    /// MESH_INTERNAL destinations (its egress gateways), even where Istio would send plaintext
+    /// because no DestinationRule asked for ISTIO_MUTUAL (`istio-egress-spec.md` §10.4).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auto_mtls: bool,
 }
 
 impl Default for UpstreamTls {
@@ -596,6 +614,7 @@ impl Default for UpstreamTls {
             ca_crl: None,
             subject_alt_names: Vec::new(),
             sni: None,
+            auto_mtls: false,
         }
     }
 }
@@ -605,6 +624,8 @@ impl Default for UpstreamTls {
 pub enum Verify {
     SystemRoots,
     CaFile(String),
+    /// The CA of a `credentialName` credential (`ca.crt`, or the `<name>-cacert` credential).
+    Credential(String),
     /// The mesh trust bundle (ISTIO_MUTUAL).
     MeshRoots,
     InsecureSkip,

@@ -147,7 +147,11 @@ spec:
     );
     // The subset that exists raises nothing.
     let ok = yaml.replace("subset: v2", "subset: v1");
-    assert!(check(&ok).iter().all(|d| !d.contains("subset")), "{:?}", check(&ok));
+    assert!(
+        check(&ok).iter().all(|d| !d.contains("subset")),
+        "{:?}",
+        check(&ok)
+    );
 }
 
 #[test]

@@ -97,10 +97,14 @@ spec:
     let o = egret(&["validate", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let want = format!(
-        "{}:11: error: ServiceEntry default/bad: spec.resolution: DNS resolution is not allowed with wildcard host \"*.example.test\"; use resolution NONE",
+        "{}:6: error: ServiceEntry default/bad: spec.hosts[0]: DNS resolution is not allowed with wildcard host \"*.example.test\"; use resolution NONE",
         f.display()
     );
-    assert!(stdout(&o).lines().any(|l| l == want), "want {want}\ngot {}", stdout(&o));
+    assert!(
+        stdout(&o).lines().any(|l| l == want),
+        "want {want}\ngot {}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -116,7 +120,11 @@ fn validate_malformed_yaml_is_an_error_not_a_crash() {
     let f = dir.write("x.yaml", "kind: ServiceEntry\nspec: [unclosed\n");
     let o = egret(&["validate", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains(": error: invalid YAML:"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(": error: invalid YAML:"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -126,7 +134,11 @@ fn notes_for_kubernetes_kinds_only_on_request() {
     assert_eq!(o.status.code(), Some(0));
     assert!(!stdout(&o).contains("note:"));
     let o = egret(&["validate", "--notes", f.to_str().unwrap()]);
-    assert!(stdout(&o).contains(": note: skipped NetworkPolicy"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(": note: skipped NetworkPolicy"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -228,7 +240,10 @@ fn compile_rejects_bad_labels() {
 #[test]
 fn mesh_config_flag_sets_registry_only() {
     let dir = TempDir::new("mesh");
-    let mesh = dir.write("mesh.yaml", "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n");
+    let mesh = dir.write(
+        "mesh.yaml",
+        "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
+    );
     let f = samples_dir().join("02-egress-control-se-http-httpbin.yaml");
     let o = egret(&[
         "compile",
