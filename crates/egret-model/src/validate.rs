@@ -151,7 +151,10 @@ fn check_unix_path(r: &mut Report<'_>, field: &str, path: &str) {
 /// Istio `ValidatePort`.
 fn check_port(r: &mut Report<'_>, field: &str, n: u32) {
     if !(1..=65535).contains(&n) {
-        r.error(field, format!("port number {n} must be in the range 1..65535"));
+        r.error(
+            field,
+            format!("port number {n} must be in the range 1..65535"),
+        );
     }
 }
 
@@ -160,8 +163,11 @@ fn check_duration(r: &mut Report<'_>, field: &str, d: Duration) {
     const MS: u64 = 1_000_000;
     if d.as_nanos() < MS {
         r.error(field, format!("duration {d} is shorter than 1ms"));
-    } else if d.as_nanos() % MS != 0 {
-        r.error(field, format!("duration {d}: only millisecond precision is supported"));
+    } else if !d.as_nanos().is_multiple_of(MS) {
+        r.error(
+            field,
+            format!("duration {d}: only millisecond precision is supported"),
+        );
     }
 }
 
@@ -173,22 +179,22 @@ fn check_opt_duration(r: &mut Report<'_>, field: &str, d: Option<Duration>) {
 
 /// Istio `ValidatePercent` (integer percentages).
 fn check_percent_int(r: &mut Report<'_>, field: &str, v: Option<i32>) {
-    if let Some(v) = v {
-        if !(0..=100).contains(&v) {
-            r.error(field, format!("percentage {v} is not in the range 0..100"));
-        }
+    if let Some(v) = v
+        && !(0..=100).contains(&v)
+    {
+        r.error(field, format!("percentage {v} is not in the range 0..100"));
     }
 }
 
 /// Istio `validatePercentage` (`Percent{value}`): 0, or within [0.0001, 100].
 fn check_percentage(r: &mut Report<'_>, field: &str, p: Option<Percent>) {
-    if let Some(v) = p.and_then(|p| p.value) {
-        if !(0.0..=100.0).contains(&v) || (v > 0.0 && v < 0.0001) {
-            r.error(
-                &format!("{field}.value"),
-                format!("percentage {v} is neither 0 nor in the range 0.0001..100"),
-            );
-        }
+    if let Some(v) = p.and_then(|p| p.value)
+        && (!(0.0..=100.0).contains(&v) || (v > 0.0 && v < 0.0001))
+    {
+        r.error(
+            &format!("{field}.value"),
+            format!("percentage {v} is neither 0 nor in the range 0.0001..100"),
+        );
     }
 }
 
@@ -269,7 +275,10 @@ impl Proto {
 
     /// Istio `Instance.IsHTTP`.
     fn is_http(self) -> bool {
-        matches!(self, Proto::Http | Proto::Http2 | Proto::Grpc | Proto::GrpcWeb)
+        matches!(
+            self,
+            Proto::Http | Proto::Http2 | Proto::Grpc | Proto::GrpcWeb
+        )
     }
 
     /// Istio `Instance.IsTLS`: HTTPS and TLS (not terminated by sidecars).
@@ -279,7 +288,10 @@ impl Proto {
 
     /// Opaque TCP protocols: nothing in the stream tells hosts apart.
     fn is_opaque_tcp(self) -> bool {
-        matches!(self, Proto::Tcp | Proto::Mongo | Proto::Redis | Proto::Mysql)
+        matches!(
+            self,
+            Proto::Tcp | Proto::Mongo | Proto::Redis | Proto::Mysql
+        )
     }
 }
 
@@ -322,18 +334,26 @@ fn check_export_to(
         // "." is the object's own namespace: "." and "<ns>" are duplicates.
         let key = if e == "." { namespace } else { e.as_str() };
         if let Some(j) = seen.dup(key, i) {
-            if key != e || export_to[j] != *e {
+            if export_to[j] == *e {
                 r.error(
                     &field,
-                    format!("\".\" and {namespace:?} both name this namespace (also spec.exportTo[{j}])"),
+                    format!("duplicate entry {e:?} (also spec.exportTo[{j}])"),
                 );
             } else {
-                r.error(&field, format!("duplicate entry {e:?} (also spec.exportTo[{j}])"));
+                r.error(
+                    &field,
+                    format!(
+                        "\".\" and {namespace:?} both name this namespace (also spec.exportTo[{j}])"
+                    ),
+                );
             }
             continue;
         }
         if e == "~" && !is_service_entry {
-            r.error(&field, "\"~\" (export to no namespace) is only allowed on ServiceEntries");
+            r.error(
+                &field,
+                "\"~\" (export to no namespace) is only allowed on ServiceEntries",
+            );
         } else if e == "~" || e == "*" || e == "." || is_dns1123_label(e) {
             valid.push(key);
         } else {
@@ -345,20 +365,23 @@ fn check_export_to(
             r.error(&field, format!("{e:?} is not a valid entry: use {allowed}"));
         }
     }
-    if dr_with_selector
-        && !valid.is_empty()
-        && (valid.len() > 1 || !valid.contains(&namespace))
-    {
+    if dr_with_selector && !valid.is_empty() && (valid.len() > 1 || !valid.contains(&namespace)) {
         r.error(
             "spec.exportTo",
             "a DestinationRule with workloadSelector may only be exported to its own namespace (exportTo: [\".\"])",
         );
     }
     if valid.contains(&"*") && export_to.len() > 1 {
-        r.error("spec.exportTo", "\"*\" (all namespaces) cannot be combined with other entries");
+        r.error(
+            "spec.exportTo",
+            "\"*\" (all namespaces) cannot be combined with other entries",
+        );
     }
     if valid.contains(&"~") && export_to.len() > 1 {
-        r.error("spec.exportTo", "\"~\" (no namespace) cannot be combined with other entries");
+        r.error(
+            "spec.exportTo",
+            "\"~\" (no namespace) cannot be combined with other entries",
+        );
     }
 }
 
@@ -400,7 +423,10 @@ fn service_entry(r: &mut Report<'_>, o: &Object<ServiceEntry>) {
     match resolution {
         Resolution::None => {
             if !se.endpoints.is_empty() {
-                r.error("spec.endpoints", "endpoints are not allowed with resolution NONE");
+                r.error(
+                    "spec.endpoints",
+                    "endpoints are not allowed with resolution NONE",
+                );
             }
             if se.workload_selector.is_some() {
                 r.warning(
@@ -434,7 +460,10 @@ fn service_entry(r: &mut Report<'_>, o: &Object<ServiceEntry>) {
                 }
             }
             if resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
-                r.error("spec.endpoints", "DNS_ROUND_ROBIN allows at most one endpoint");
+                r.error(
+                    "spec.endpoints",
+                    "DNS_ROUND_ROBIN allows at most one endpoint",
+                );
             }
             for (i, ep) in se.endpoints.iter().enumerate() {
                 let base = format!("spec.endpoints[{i}]");
@@ -451,10 +480,16 @@ fn service_entry(r: &mut Report<'_>, o: &Object<ServiceEntry>) {
                 }
             }
             if !se.addresses.is_empty() {
-                r.error("spec.addresses", "addresses are not allowed with resolution DYNAMIC_DNS");
+                r.error(
+                    "spec.addresses",
+                    "addresses are not allowed with resolution DYNAMIC_DNS",
+                );
             }
             if !se.endpoints.is_empty() {
-                r.error("spec.endpoints", "endpoints are not allowed with resolution DYNAMIC_DNS");
+                r.error(
+                    "spec.endpoints",
+                    "endpoints are not allowed with resolution DYNAMIC_DNS",
+                );
             }
             // Istio: HTTP, TLS, GRPC and HTTP2 only (the dynamic forward proxy's protocols).
             for (i, p) in se.ports.iter().enumerate() {
@@ -485,9 +520,9 @@ fn service_entry(r: &mut Report<'_>, o: &Object<ServiceEntry>) {
     // Istio: with several hosts only HTTP (Host header) and TLS (SNI) ports can tell them
     // apart; anything else (TCP, unset, unknown) needs resolution NONE, which ignores hosts.
     if resolution != Resolution::None && se.hosts.len() > 1 {
-        let opaque = se.ports.iter().position(|p| {
-            !matches!(port_protocol(&p.protocol), Ok(Some(pr)) if pr.is_http() || pr.is_tls())
-        });
+        let opaque = se.ports.iter().position(
+            |p| !matches!(port_protocol(&p.protocol), Ok(Some(pr)) if pr.is_http() || pr.is_tls()),
+        );
         if let Some(i) = opaque {
             r.error(
                 &format!("spec.ports[{i}].protocol"),
@@ -555,16 +590,13 @@ fn service_ports<'a>(r: &mut Report<'_>, se: &'a ServiceEntry) -> HashSet<&'a st
                 ),
                 Ok(None) | Err(_) => r.warning(
                     &base,
-                    format!("port {n} has no protocol and no addresses: unless sniffed as HTTP, every connection to port {n} on any IP matches this ServiceEntry"),
+                    format!("port {n} without protocol or addresses: unless sniffed as HTTP, every connection to port {n} on any IP matches this ServiceEntry"),
                 ),
                 Ok(Some(_)) => {}
             }
         }
     }
-    se.ports
-        .iter()
-        .filter_map(|p| p.name.as_deref())
-        .collect()
+    se.ports.iter().filter_map(|p| p.name.as_deref()).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -606,10 +638,16 @@ fn workload_entry(
         }
         check_unix_path(r, &addr_field, path);
         if !we.ports.is_empty() {
-            r.error(&format!("{base}.ports"), "a unix:// endpoint takes no ports");
+            r.error(
+                &format!("{base}.ports"),
+                "a unix:// endpoint takes no ports",
+            );
         }
         if service_ports.is_some_and(|p| p.len() != 1) {
-            r.error(&addr_field, "unix:// endpoints need exactly one ServiceEntry port");
+            r.error(
+                &addr_field,
+                "unix:// endpoints need exactly one ServiceEntry port",
+            );
         }
     } else if !is_ip(addr) {
         match kind {
@@ -634,7 +672,10 @@ fn workload_entry(
                 );
             }
         } else if !is_dns1123_label(name) {
-            r.error(&field, format!("invalid port name {name:?}: must be a DNS-1123 label"));
+            r.error(
+                &field,
+                format!("invalid port name {name:?}: must be a DNS-1123 label"),
+            );
         }
         check_port(r, &field, *port);
     }
@@ -804,7 +845,12 @@ impl PolicyParts<'_> {
 
 fn policy_parts(r: &mut Report<'_>, base: &str, p: PolicyParts<'_>, has_selector: bool) {
     if let Some(lb) = p.load_balancer {
-        load_balancer(r, &format!("{base}.loadBalancer"), lb, p.outlier_detection.is_some());
+        load_balancer(
+            r,
+            &format!("{base}.loadBalancer"),
+            lb,
+            p.outlier_detection.is_some(),
+        );
     }
     if let Some(cp) = p.connection_pool {
         connection_pool(r, &format!("{base}.connectionPool"), cp);
@@ -853,10 +899,13 @@ fn consistent_hash(r: &mut Report<'_>, base: &str, ch: &ConsistentHash) {
             "no hash key (httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName): requests are not hashed consistently",
         );
     }
-    if let Some(c) = &ch.http_cookie {
-        if !is_set(&c.name) {
-            r.error(&format!("{base}.httpCookie.name"), "httpCookie needs a name");
-        }
+    if let Some(c) = &ch.http_cookie
+        && !is_set(&c.name)
+    {
+        r.error(
+            &format!("{base}.httpCookie.name"),
+            "httpCookie needs a name",
+        );
     }
     // The hash algorithm is a proto oneof.
     if ch.ring_hash.is_some() && ch.maglev.is_some() {
@@ -890,12 +939,12 @@ fn is_prime(x: u64) -> bool {
     if x != 0 && x < 4 {
         return true;
     }
-    if x % 2 == 0 {
+    if x.is_multiple_of(2) {
         return false;
     }
     let mut f = 3;
     while f * f <= x {
-        if x % f == 0 {
+        if x.is_multiple_of(f) {
             return false;
         }
         f += 2;
@@ -986,7 +1035,11 @@ fn check_locality(r: &mut Report<'_>, field: &str, loc: &str) {
 
 /// Istio `validateOutlierDetection`.
 fn outlier_detection(r: &mut Report<'_>, base: &str, od: &OutlierDetection) {
-    check_opt_duration(r, &format!("{base}.baseEjectionTime"), od.base_ejection_time);
+    check_opt_duration(
+        r,
+        &format!("{base}.baseEjectionTime"),
+        od.base_ejection_time,
+    );
     check_opt_duration(r, &format!("{base}.interval"), od.interval);
     if od.consecutive_errors.is_some_and(|n| n != 0) {
         r.warning(
@@ -1002,8 +1055,16 @@ fn outlier_detection(r: &mut Report<'_>, base: &str, od: &OutlierDetection) {
             "only takes effect with splitExternalLocalOriginErrors: true",
         );
     }
-    check_percent_int(r, &format!("{base}.maxEjectionPercent"), od.max_ejection_percent);
-    check_percent_int(r, &format!("{base}.minHealthPercent"), od.min_health_percent);
+    check_percent_int(
+        r,
+        &format!("{base}.maxEjectionPercent"),
+        od.max_ejection_percent,
+    );
+    check_percent_int(
+        r,
+        &format!("{base}.minHealthPercent"),
+        od.min_health_percent,
+    );
 }
 
 /// Istio `validateConnectionPool`.
@@ -1014,7 +1075,8 @@ fn connection_pool(r: &mut Report<'_>, base: &str, cp: &ConnectionPoolSettings) 
     }
     if let Some(h) = &cp.http {
         check_opt_duration(r, &format!("{base}.http.idleTimeout"), h.idle_timeout);
-        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && h.use_client_protocol == Some(true)
+        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
+            && h.use_client_protocol == Some(true)
         {
             r.error(
                 &format!("{base}.http.useClientProtocol"),
@@ -1086,7 +1148,10 @@ fn client_tls(r: &mut Report<'_>, base: &str, tls: &ClientTlsSettings, has_selec
             );
         }
     } else if mode == ClientTlsMode::Mutual && !(cert && key) {
-        r.error(base, "MUTUAL requires clientCertificate and privateKey (or credentialName)");
+        r.error(
+            base,
+            "MUTUAL requires clientCertificate and privateKey (or credentialName)",
+        );
     }
 
     // egret: Istio only reads credentialName on sidecars for DestinationRules with a
@@ -1122,7 +1187,11 @@ fn delegate_targets(set: &ConfigSet) -> HashSet<(String, String)> {
 }
 
 /// Istio `ValidateVirtualService`.
-fn virtual_service(r: &mut Report<'_>, o: &Object<VirtualService>, delegates: &HashSet<(String, String)>) {
+fn virtual_service(
+    r: &mut Report<'_>,
+    o: &Object<VirtualService>,
+    delegates: &HashSet<(String, String)>,
+) {
     let vs = &o.spec;
     let ns = &o.meta.namespace;
 
@@ -1136,13 +1205,22 @@ fn virtual_service(r: &mut Report<'_>, o: &Object<VirtualService>, delegates: &H
             );
         }
         if !vs.gateways.is_empty() {
-            r.error("spec.gateways", "a delegate VirtualService must not set gateways");
+            r.error(
+                "spec.gateways",
+                "a delegate VirtualService must not set gateways",
+            );
         }
         if !vs.tls.is_empty() {
-            r.error("spec.tls", "a delegate VirtualService must not have tls routes");
+            r.error(
+                "spec.tls",
+                "a delegate VirtualService must not have tls routes",
+            );
         }
         if !vs.tcp.is_empty() {
-            r.error("spec.tcp", "a delegate VirtualService must not have tcp routes");
+            r.error(
+                "spec.tcp",
+                "a delegate VirtualService must not have tcp routes",
+            );
         }
     }
 
@@ -1154,7 +1232,10 @@ fn virtual_service(r: &mut Report<'_>, o: &Object<VirtualService>, delegates: &H
     if applies_to_mesh {
         for (i, h) in vs.http.iter().enumerate() {
             for (j, m) in h.matches.iter().enumerate() {
-                for (what, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+                for (what, map) in [
+                    ("headers", &m.headers),
+                    ("withoutHeaders", &m.without_headers),
+                ] {
                     for k in map.keys().filter(|k| is_jwt_claim_header(k)) {
                         r.error(
                             &format!("spec.http[{i}].match[{j}].{what}.{k}"),
@@ -1191,14 +1272,20 @@ fn virtual_service(r: &mut Report<'_>, o: &Object<VirtualService>, delegates: &H
             if let Some(i) = (0..j).find(|&i| host::intersects(&canon[i], &canon[j])) {
                 r.error(
                     &format!("spec.hosts[{j}]"),
-                    format!("duplicate host: {:?} overlaps spec.hosts[{i}] ({:?})", vs.hosts[j], vs.hosts[i]),
+                    format!(
+                        "duplicate host: {:?} overlaps spec.hosts[{i}] ({:?})",
+                        vs.hosts[j], vs.hosts[i]
+                    ),
                 );
             }
         }
     }
 
     if vs.http.is_empty() && vs.tls.is_empty() && vs.tcp.is_empty() {
-        r.error("spec", "at least one of http, tls or tcp routes is required");
+        r.error(
+            "spec",
+            "at least one of http, tls or tcp routes is required",
+        );
     }
     for (i, h) in vs.http.iter().enumerate() {
         http_route(r, &format!("spec.http[{i}]"), h, is_delegate);
@@ -1273,7 +1360,10 @@ fn unreachable_rules<M: PartialEq, L: AsRef<[M]>>(r: &mut Report<'_>, base: &str
             }
         }
         if dups == matches.len() {
-            r.warning(&field, "unreachable: every match is used by an earlier route");
+            r.warning(
+                &field,
+                "unreachable: every match is used by an earlier route",
+            );
         }
     }
 }
@@ -1319,34 +1409,61 @@ fn http_route(r: &mut Report<'_>, base: &str, h: &HttpRoute, in_delegate: bool) 
     let has_route = !h.route.is_empty();
     if let Some(d) = &h.delegate {
         if in_delegate {
-            r.error(&format!("{base}.delegate"), "a delegate VirtualService cannot delegate again");
+            r.error(
+                &format!("{base}.delegate"),
+                "a delegate VirtualService cannot delegate again",
+            );
         }
-        if !d.get("name").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
-            r.error(&format!("{base}.delegate.name"), "delegate name is required");
+        if d.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            r.error(
+                &format!("{base}.delegate.name"),
+                "delegate name is required",
+            );
         }
         // Istio: a root route only delegates.
         if h.redirect.is_some() {
-            r.error(&format!("{base}.redirect"), "a route with delegate must not set redirect");
+            r.error(
+                &format!("{base}.redirect"),
+                "a route with delegate must not set redirect",
+            );
         }
         if has_route {
-            r.error(&format!("{base}.route"), "a route with delegate must not set route");
+            r.error(
+                &format!("{base}.route"),
+                "a route with delegate must not set route",
+            );
         }
     } else {
         let n = usize::from(has_route)
             + usize::from(h.redirect.is_some())
             + usize::from(h.direct_response.is_some());
         if n != 1 {
-            r.error(base, "exactly one of route, redirect or directResponse is required");
+            r.error(
+                base,
+                "exactly one of route, redirect or directResponse is required",
+            );
         }
-        for (set, what) in [(h.redirect.is_some(), "redirect"), (h.direct_response.is_some(), "directResponse")] {
+        for (set, what) in [
+            (h.redirect.is_some(), "redirect"),
+            (h.direct_response.is_some(), "directResponse"),
+        ] {
             if !set {
                 continue;
             }
             if h.fault.is_some() {
-                r.error(&format!("{base}.fault"), format!("fault cannot be combined with {what}"));
+                r.error(
+                    &format!("{base}.fault"),
+                    format!("fault cannot be combined with {what}"),
+                );
             }
             if h.rewrite.is_some() {
-                r.error(&format!("{base}.rewrite"), format!("rewrite cannot be combined with {what}"));
+                r.error(
+                    &format!("{base}.rewrite"),
+                    format!("rewrite cannot be combined with {what}"),
+                );
             }
         }
     }
@@ -1365,9 +1482,15 @@ fn http_route(r: &mut Report<'_>, base: &str, h: &HttpRoute, in_delegate: bool) 
     }
     if let Some(p) = h.mirror_percent {
         if p > 100 {
-            r.error(&format!("{base}.mirrorPercent"), format!("percentage {p} is above 100"));
+            r.error(
+                &format!("{base}.mirrorPercent"),
+                format!("percentage {p} is above 100"),
+            );
         }
-        r.warning(&format!("{base}.mirrorPercent"), "deprecated: use mirrorPercentage");
+        r.warning(
+            &format!("{base}.mirrorPercent"),
+            "deprecated: use mirrorPercentage",
+        );
     }
     if let Some(m) = &h.mirror {
         destination(r, &format!("{base}.mirror"), m);
@@ -1394,7 +1517,10 @@ fn http_route(r: &mut Report<'_>, base: &str, h: &HttpRoute, in_delegate: bool) 
     }
     for (i, d) in h.route.iter().enumerate() {
         match &d.destination {
-            None => r.error(&format!("{base}.route[{i}].destination"), "destination is required"),
+            None => r.error(
+                &format!("{base}.route[{i}].destination"),
+                "destination is required",
+            ),
             Some(dest) => destination(r, &format!("{base}.route[{i}].destination"), dest),
         }
     }
@@ -1406,13 +1532,21 @@ fn http_route(r: &mut Report<'_>, base: &str, h: &HttpRoute, in_delegate: bool) 
 /// Istio `validateHTTPRouteMatchRequest`.
 fn http_match(r: &mut Report<'_>, base: &str, m: &HttpMatchRequest) {
     // uri allows an empty prefix (matches every path); the others do not.
-    let strict = [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)];
+    let strict = [
+        ("uri", &m.uri),
+        ("scheme", &m.scheme),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ];
     for (what, sm) in strict {
         if let Some(sm) = sm {
             string_match(r, &format!("{base}.{what}"), sm, Empty::Warn, what == "uri");
         }
     }
-    for (what, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+    for (what, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+    ] {
         for (k, sm) in map {
             let field = format!("{base}.{what}.{k}");
             header_match_name(r, &field, k);
@@ -1424,27 +1558,45 @@ fn http_match(r: &mut Report<'_>, base: &str, m: &HttpMatchRequest) {
         }
     }
     for (k, sm) in &m.query_params {
-        string_match(r, &format!("{base}.queryParams.{k}"), sm, Empty::Presence, false);
+        string_match(
+            r,
+            &format!("{base}.queryParams.{k}"),
+            sm,
+            Empty::Presence,
+            false,
+        );
     }
     if let Some(p) = m.port.filter(|p| *p != 0) {
         check_port(r, &format!("{base}.port"), p);
     }
     check_gateway_names(r, &format!("{base}.gateways"), &m.gateways);
-    if let Some(ns) = m.source_namespace.as_deref().filter(|s| !s.is_empty()) {
-        if !is_dns1123_label(ns) {
-            r.error(&format!("{base}.sourceNamespace"), format!("invalid namespace {ns:?}"));
-        }
+    if let Some(ns) = m.source_namespace.as_deref().filter(|s| !s.is_empty())
+        && !is_dns1123_label(ns)
+    {
+        r.error(
+            &format!("{base}.sourceNamespace"),
+            format!("invalid namespace {ns:?}"),
+        );
     }
 }
 
 /// Header names in matches: lower case (the API requires it, Envoy compares lower-cased
 /// names), RFC 7230 token characters; pseudo-headers and JWT claim keys are allowed.
 fn header_match_name(r: &mut Report<'_>, field: &str, k: &str) {
-    if is_jwt_claim_header(k) || matches!(k, ":method" | ":scheme" | ":authority" | ":path" | ":status") {
+    if is_jwt_claim_header(k)
+        || matches!(
+            k,
+            ":method" | ":scheme" | ":authority" | ":path" | ":status"
+        )
+    {
         return;
     }
     const TCHARS: &str = "!#$%&'*+-.^_`|~";
-    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || TCHARS.contains(c)) {
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || TCHARS.contains(c))
+    {
         r.error(field, format!("{k:?} is not a valid header name"));
     } else if k.chars().any(|c| c.is_ascii_uppercase()) {
         r.error(field, format!("header name {k:?} must be lower case"));
@@ -1461,12 +1613,23 @@ enum Empty {
 }
 
 /// Istio `validateStringMatch` / `validateStringMatchRegexp`, plus the proto oneof.
-fn string_match(r: &mut Report<'_>, field: &str, sm: &StringMatch, empty: Empty, allow_empty_prefix: bool) {
-    let n = usize::from(sm.exact.is_some()) + usize::from(sm.prefix.is_some()) + usize::from(sm.regex.is_some());
+fn string_match(
+    r: &mut Report<'_>,
+    field: &str,
+    sm: &StringMatch,
+    empty: Empty,
+    allow_empty_prefix: bool,
+) {
+    let n = usize::from(sm.exact.is_some())
+        + usize::from(sm.prefix.is_some())
+        + usize::from(sm.regex.is_some());
     if n > 1 {
         r.error(field, "exactly one of exact, prefix or regex is allowed");
     } else if n == 0 && empty == Empty::Warn {
-        r.warning(field, "none of exact, prefix or regex is set: matches everything");
+        r.warning(
+            field,
+            "none of exact, prefix or regex is set: matches everything",
+        );
     }
     if sm.prefix.as_deref() == Some("") && !allow_empty_prefix {
         r.error(&format!("{field}.prefix"), "prefix must not be empty");
@@ -1480,7 +1643,10 @@ fn string_match(r: &mut Report<'_>, field: &str, sm: &StringMatch, empty: Empty,
 fn destination(r: &mut Report<'_>, base: &str, d: &Destination) {
     match d.host.as_deref() {
         None | Some("") => r.error(&format!("{base}.host"), "destination host is required"),
-        Some("*") => r.error(&format!("{base}.host"), "\"*\" is not a valid destination host"),
+        Some("*") => r.error(
+            &format!("{base}.host"),
+            "\"*\" is not a valid destination host",
+        ),
         Some(h) => {
             if let Err(e) = host::validate_dns_name(h) {
                 r.error(&format!("{base}.host"), e);
@@ -1491,7 +1657,10 @@ fn destination(r: &mut Report<'_>, base: &str, d: &Destination) {
         if s.is_empty() {
             r.error(&format!("{base}.subset"), "subset name must not be empty");
         } else if !is_dns1123_label(s) {
-            r.error(&format!("{base}.subset"), format!("invalid subset name {s:?}"));
+            r.error(
+                &format!("{base}.subset"),
+                format!("invalid subset name {s:?}"),
+            );
         }
     }
     if let Some(p) = d.port {
@@ -1507,13 +1676,19 @@ fn destination(r: &mut Report<'_>, base: &str, d: &Destination) {
 fn check_weights(r: &mut Report<'_>, base: &str, weights: &[Option<i32>]) {
     for (i, w) in weights.iter().enumerate() {
         if let Some(w) = w.filter(|w| *w < 0) {
-            r.error(&format!("{base}[{i}].weight"), format!("weight {w} must not be negative"));
+            r.error(
+                &format!("{base}[{i}].weight"),
+                format!("weight {w} must not be negative"),
+            );
         }
     }
     if weights.len() > 1 {
         let total: i64 = weights.iter().map(|w| i64::from(w.unwrap_or(0))).sum();
         if total == 0 {
-            r.error(base, "all destination weights are 0: no traffic would be routed");
+            r.error(
+                base,
+                "all destination weights are 0: no traffic would be routed",
+            );
         } else if total != 100 && weights.iter().any(Option::is_some) {
             r.warning(
                 base,
@@ -1538,7 +1713,10 @@ fn fault(r: &mut Report<'_>, base: &str, f: &HttpFaultInjection) {
             (Some(fd), None) => check_duration(r, &format!("{dbase}.fixedDelay"), fd),
             (None, Some(ed)) => {
                 check_duration(r, &format!("{dbase}.exponentialDelay"), ed);
-                r.error(&format!("{dbase}.exponentialDelay"), "exponentialDelay is not supported");
+                r.error(
+                    &format!("{dbase}.exponentialDelay"),
+                    "exponentialDelay is not supported",
+                );
             }
         }
     }
@@ -1549,26 +1727,38 @@ fn fault(r: &mut Report<'_>, base: &str, f: &HttpFaultInjection) {
             + usize::from(a.grpc_status.is_some())
             + usize::from(a.http2_error.is_some());
         if n > 1 {
-            r.error(&abase, "set only one of httpStatus, grpcStatus or http2Error");
+            r.error(
+                &abase,
+                "set only one of httpStatus, grpcStatus or http2Error",
+            );
         } else if n == 0 {
             // Istio warns: nothing would be injected.
-            r.warning(&abase, "abort needs httpStatus, grpcStatus or http2Error; nothing is injected");
+            r.warning(
+                &abase,
+                "abort needs httpStatus, grpcStatus or http2Error; nothing is injected",
+            );
         }
-        if let Some(s) = a.http_status {
-            if !(200..=599).contains(&s) {
-                r.error(&format!("{abase}.httpStatus"), format!("HTTP status {s} is not in the range 200..599"));
-            }
+        if let Some(s) = a.http_status
+            && !(200..=599).contains(&s)
+        {
+            r.error(
+                &format!("{abase}.httpStatus"),
+                format!("HTTP status {s} is not in the range 200..599"),
+            );
         }
-        if let Some(s) = &a.grpc_status {
-            if !GRPC_STATUS.contains(&s.as_str()) {
-                r.error(
-                    &format!("{abase}.grpcStatus"),
-                    format!("unknown gRPC status {s:?} (use a name such as \"NOT_FOUND\")"),
-                );
-            }
+        if let Some(s) = &a.grpc_status
+            && !GRPC_STATUS.contains(&s.as_str())
+        {
+            r.error(
+                &format!("{abase}.grpcStatus"),
+                format!("unknown gRPC status {s:?} (use a name such as \"NOT_FOUND\")"),
+            );
         }
         if a.http2_error.is_some() {
-            r.error(&format!("{abase}.http2Error"), "HTTP/2 abort fault injection is not supported");
+            r.error(
+                &format!("{abase}.http2Error"),
+                "HTTP/2 abort fault injection is not supported",
+            );
         }
     }
 }
@@ -1596,22 +1786,37 @@ const GRPC_STATUS: &[&str] = &[
 
 /// Istio `validateHTTPRedirect`.
 fn redirect(r: &mut Report<'_>, base: &str, rd: &HttpRedirect) {
-    if !is_set(&rd.uri) && !is_set(&rd.authority) && !is_set(&rd.scheme) && rd.port.is_none() && rd.derive_port.is_none() {
-        r.error(base, "redirect must set at least one of uri, authority, scheme, port or derivePort");
+    if !is_set(&rd.uri)
+        && !is_set(&rd.authority)
+        && !is_set(&rd.scheme)
+        && rd.port.is_none()
+        && rd.derive_port.is_none()
+    {
+        r.error(
+            base,
+            "redirect must set at least one of uri, authority, scheme, port or derivePort",
+        );
     }
     // `port` and `derivePort` are a proto oneof.
     if rd.port.is_some() && rd.derive_port.is_some() {
         r.error(base, "set only one of port or derivePort");
     }
-    if let Some(c) = rd.redirect_code.filter(|c| *c != 0) {
-        if !(300..=399).contains(&c) {
-            r.error(&format!("{base}.redirectCode"), format!("{c} is not a redirect (3xx) code"));
-        }
+    if let Some(c) = rd.redirect_code.filter(|c| *c != 0)
+        && !(300..=399).contains(&c)
+    {
+        r.error(
+            &format!("{base}.redirectCode"),
+            format!("{c} is not a redirect (3xx) code"),
+        );
     }
-    if let Some(s) = rd.scheme.as_deref().filter(|s| !s.is_empty()) {
-        if s != "http" && s != "https" {
-            r.error(&format!("{base}.scheme"), format!("scheme {s:?} must be \"http\" or \"https\""));
-        }
+    if let Some(s) = rd.scheme.as_deref().filter(|s| !s.is_empty())
+        && s != "http"
+        && s != "https"
+    {
+        r.error(
+            &format!("{base}.scheme"),
+            format!("scheme {s:?} must be \"http\" or \"https\""),
+        );
     }
     if let Some(p) = rd.port.filter(|p| *p != 0) {
         check_port(r, &format!("{base}.port"), p);
@@ -1622,20 +1827,31 @@ fn redirect(r: &mut Report<'_>, base: &str, rd: &HttpRedirect) {
 fn direct_response(r: &mut Report<'_>, base: &str, d: &HttpDirectResponse) {
     match d.status {
         None | Some(0) => r.error(&format!("{base}.status"), "status is required"),
-        Some(s) if !(200..=599).contains(&s) => {
-            r.error(&format!("{base}.status"), format!("HTTP status {s} is not in the range 200..599"))
-        }
+        Some(s) if !(200..=599).contains(&s) => r.error(
+            &format!("{base}.status"),
+            format!("HTTP status {s} is not in the range 200..599"),
+        ),
         Some(_) => {}
     }
     if let Some(b) = &d.body {
         if b.string.is_some() && b.bytes.is_some() {
             r.error(&format!("{base}.body"), "set only one of string or bytes");
         }
-        let size = b.string.as_ref().map_or(0, String::len).max(b.bytes.as_ref().map_or(0, |s| s.len() / 4 * 3));
+        let size = b
+            .string
+            .as_ref()
+            .map_or(0, String::len)
+            .max(b.bytes.as_ref().map_or(0, |s| s.len() / 4 * 3));
         if size > 1024 * 1024 {
-            r.error(&format!("{base}.body"), "direct response bodies must be smaller than 1MB");
+            r.error(
+                &format!("{base}.body"),
+                "direct response bodies must be smaller than 1MB",
+            );
         } else if size > 100 * 1024 {
-            r.warning(&format!("{base}.body"), "large direct response bodies slow down configuration updates");
+            r.warning(
+                &format!("{base}.body"),
+                "large direct response bodies slow down configuration updates",
+            );
         }
     }
 }
@@ -1644,19 +1860,32 @@ fn direct_response(r: &mut Report<'_>, base: &str, d: &HttpDirectResponse) {
 fn retries(r: &mut Report<'_>, base: &str, rt: &HttpRetry) {
     let attempts = rt.attempts.unwrap_or(0);
     if attempts < 0 {
-        r.error(&format!("{base}.attempts"), format!("attempts {attempts} must not be negative"));
+        r.error(
+            &format!("{base}.attempts"),
+            format!("attempts {attempts} must not be negative"),
+        );
     }
     if attempts == 0
-        && (rt.per_try_timeout.is_some() || is_set(&rt.retry_on) || rt.retry_remote_localities.is_some())
+        && (rt.per_try_timeout.is_some()
+            || is_set(&rt.retry_on)
+            || rt.retry_remote_localities.is_some())
     {
-        r.error(base, "retry settings are given but attempts is 0 (retries disabled)");
+        r.error(
+            base,
+            "retry settings are given but attempts is 0 (retries disabled)",
+        );
     }
     check_opt_duration(r, &format!("{base}.perTryTimeout"), rt.per_try_timeout);
     if let Some(on) = rt.retry_on.as_deref().filter(|s| !s.is_empty()) {
         for policy in on.split(',') {
-            let status = policy.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+            let status = policy
+                .parse::<u16>()
+                .is_ok_and(|c| (100..=599).contains(&c));
             if !status && !RETRY_ON.contains(&policy) {
-                r.error(&format!("{base}.retryOn"), format!("{policy:?} is not a valid retryOn policy"));
+                r.error(
+                    &format!("{base}.retryOn"),
+                    format!("{policy:?} is not a valid retryOn policy"),
+                );
             }
         }
     }
@@ -1690,12 +1919,17 @@ fn rewrite(r: &mut Report<'_>, base: &str, rw: &HttpRewrite) {
         r.error(base, "set only one of uri or uriRegexRewrite");
     }
     if !uri && rw.uri_regex_rewrite.is_none() && !is_set(&rw.authority) {
-        r.error(base, "rewrite must set at least one of uri, uriRegexRewrite or authority");
+        r.error(
+            base,
+            "rewrite must set at least one of uri, uriRegexRewrite or authority",
+        );
     }
     if let Some(rr) = &rw.uri_regex_rewrite {
         let rbase = format!("{base}.uriRegexRewrite");
         match (&rr.pattern, &rr.rewrite) {
-            (Some(p), Some(w)) if !p.is_empty() && !w.is_empty() => check_regex(r, &format!("{rbase}.match"), p),
+            (Some(p), Some(w)) if !p.is_empty() && !w.is_empty() => {
+                check_regex(r, &format!("{rbase}.match"), p)
+            }
             _ => r.error(&rbase, "uriRegexRewrite needs both match and rewrite"),
         }
     }
@@ -1709,7 +1943,10 @@ fn tls_route(r: &mut Report<'_>, base: &str, t: &TlsRoute, vs_hosts: &[String]) 
     for (j, m) in t.matches.iter().enumerate() {
         let mbase = format!("{base}.match[{j}]");
         if m.sni_hosts.is_empty() {
-            r.error(&format!("{mbase}.sniHosts"), "at least one SNI host is required");
+            r.error(
+                &format!("{mbase}.sniHosts"),
+                "at least one SNI host is required",
+            );
         }
         for (k, sni) in m.sni_hosts.iter().enumerate() {
             let field = format!("{mbase}.sniHosts[{k}]");
@@ -1725,13 +1962,26 @@ fn tls_route(r: &mut Report<'_>, base: &str, t: &TlsRoute, vs_hosts: &[String]) 
             // `foo.com` for SNI).
             let s = host::canonical(sni);
             if !vs_hosts.iter().any(|h| host::sni_matches(h, &s)) {
-                r.error(&field, format!("SNI host {sni:?} is not among the VirtualService hosts"));
+                r.error(
+                    &field,
+                    format!("SNI host {sni:?} is not among the VirtualService hosts"),
+                );
             }
         }
-        l4_match_common(r, &mbase, &m.destination_subnets, m.port, &m.gateways, &m.source_namespace);
+        l4_match_common(
+            r,
+            &mbase,
+            &m.destination_subnets,
+            m.port,
+            &m.gateways,
+            &m.source_namespace,
+        );
     }
     if t.route.is_empty() {
-        r.error(&format!("{base}.route"), "at least one route destination is required");
+        r.error(
+            &format!("{base}.route"),
+            "at least one route destination is required",
+        );
     }
     route_destinations(r, &format!("{base}.route"), &t.route);
 }
@@ -1740,10 +1990,20 @@ fn tls_route(r: &mut Report<'_>, base: &str, t: &TlsRoute, vs_hosts: &[String]) 
 fn tcp_route(r: &mut Report<'_>, base: &str, t: &TcpRoute) {
     for (j, m) in t.matches.iter().enumerate() {
         let mbase = format!("{base}.match[{j}]");
-        l4_match_common(r, &mbase, &m.destination_subnets, m.port, &m.gateways, &m.source_namespace);
+        l4_match_common(
+            r,
+            &mbase,
+            &m.destination_subnets,
+            m.port,
+            &m.gateways,
+            &m.source_namespace,
+        );
     }
     if t.route.is_empty() {
-        r.error(&format!("{base}.route"), "at least one route destination is required");
+        r.error(
+            &format!("{base}.route"),
+            "at least one route destination is required",
+        );
     }
     route_destinations(r, &format!("{base}.route"), &t.route);
 }
@@ -1768,17 +2028,23 @@ fn l4_match_common(
         check_port(r, &format!("{base}.port"), p);
     }
     check_gateway_names(r, &format!("{base}.gateways"), gateways);
-    if let Some(ns) = source_namespace.as_deref().filter(|s| !s.is_empty()) {
-        if !is_dns1123_label(ns) {
-            r.error(&format!("{base}.sourceNamespace"), format!("invalid namespace {ns:?}"));
-        }
+    if let Some(ns) = source_namespace.as_deref().filter(|s| !s.is_empty())
+        && !is_dns1123_label(ns)
+    {
+        r.error(
+            &format!("{base}.sourceNamespace"),
+            format!("invalid namespace {ns:?}"),
+        );
     }
 }
 
 fn route_destinations(r: &mut Report<'_>, base: &str, route: &[RouteDestination]) {
     for (i, d) in route.iter().enumerate() {
         match &d.destination {
-            None => r.error(&format!("{base}[{i}].destination"), "destination is required"),
+            None => r.error(
+                &format!("{base}[{i}].destination"),
+                "destination is required",
+            ),
             Some(dest) => destination(r, &format!("{base}[{i}].destination"), dest),
         }
     }
@@ -1791,7 +2057,13 @@ fn route_destinations(r: &mut Report<'_>, base: &str, route: &[RouteDestination]
 /// Istio `ValidateGateway`.
 fn gateway(r: &mut Report<'_>, o: &Object<Gateway>) {
     if !is_dns1123_label(&o.meta.name) {
-        r.error("metadata.name", format!("gateway name {:?} must be a DNS-1123 label (no dots)", o.meta.name));
+        r.error(
+            "metadata.name",
+            format!(
+                "gateway name {:?} must be a DNS-1123 label (no dots)",
+                o.meta.name
+            ),
+        );
     }
     let gw = &o.spec;
     if gw.servers.is_empty() {
@@ -1801,13 +2073,13 @@ fn gateway(r: &mut Report<'_>, o: &Object<Gateway>) {
     for (i, s) in gw.servers.iter().enumerate() {
         let base = format!("spec.servers[{i}]");
         server(r, &base, s);
-        if let Some(name) = s.port.as_ref().and_then(|p| p.name.as_deref()) {
-            if let Some(j) = names.dup(name, i) {
-                r.error(
-                    &format!("{base}.port.name"),
-                    format!("duplicate server port name {name:?} (also spec.servers[{j}].port.name)"),
-                );
-            }
+        if let Some(name) = s.port.as_ref().and_then(|p| p.name.as_deref())
+            && let Some(j) = names.dup(name, i)
+        {
+            r.error(
+                &format!("{base}.port.name"),
+                format!("duplicate server port name {name:?} (also spec.servers[{j}].port.name)"),
+            );
         }
     }
 }
@@ -1856,7 +2128,10 @@ fn server(r: &mut Report<'_>, base: &str, s: &Server) {
                 }
             }
             if p.target_port.is_some_and(|t| t > 0) {
-                r.error(&format!("{pbase}.targetPort"), "targetPort has no effect on Gateways");
+                r.error(
+                    &format!("{pbase}.targetPort"),
+                    "targetPort has no effect on Gateways",
+                );
             }
             if !is_set(&p.name) {
                 r.error(&format!("{pbase}.name"), "port name is required");
@@ -1871,11 +2146,21 @@ fn server(r: &mut Report<'_>, base: &str, s: &Server) {
     // Istio `validateServerBind`.
     if let Some(path) = unix {
         check_unix_path(r, &format!("{base}.bind"), path);
-        if s.port.as_ref().and_then(|p| p.number).is_some_and(|n| n != 0) {
-            r.error(&format!("{base}.port.number"), "port number must be 0 with a unix:// bind address");
+        if s.port
+            .as_ref()
+            .and_then(|p| p.number)
+            .is_some_and(|n| n != 0)
+        {
+            r.error(
+                &format!("{base}.port.number"),
+                "port number must be 0 with a unix:// bind address",
+            );
         }
     } else if !bind.is_empty() && !is_ip(bind) {
-        r.error(&format!("{base}.bind"), format!("bind {bind:?} is not an IP address or unix:// path"));
+        r.error(
+            &format!("{base}.bind"),
+            format!("bind {bind:?} is not an IP address or unix:// path"),
+        );
     }
 
     if let Some(tls) = &s.tls {
@@ -1884,24 +2169,49 @@ fn server(r: &mut Report<'_>, base: &str, s: &Server) {
 
     // TLS settings must match the protocol (checked when the port is valid).
     if let Some(p) = proto {
-        let pname = s.port.as_ref().and_then(|p| p.protocol.as_deref()).unwrap_or("").to_ascii_uppercase();
+        let pname = s
+            .port
+            .as_ref()
+            .and_then(|p| p.protocol.as_deref())
+            .unwrap_or("")
+            .to_ascii_uppercase();
         match &s.tls {
             None if p.is_tls() => r.error(base, format!("{pname} servers need tls settings")),
             Some(tls) if !p.is_tls() => {
                 let mode = tls.mode.unwrap_or(ServerTlsMode::Passthrough);
-                let certs = is_set(&tls.server_certificate) || is_set(&tls.private_key) || is_set(&tls.ca_certificates);
+                let certs = is_set(&tls.server_certificate)
+                    || is_set(&tls.private_key)
+                    || is_set(&tls.ca_certificates);
                 if !p.is_http() {
-                    r.error(&format!("{base}.tls"), format!("tls settings are not allowed on {pname} servers (only HTTPS and TLS)"));
+                    r.error(
+                        &format!("{base}.tls"),
+                        format!(
+                            "tls settings are not allowed on {pname} servers (only HTTPS and TLS)"
+                        ),
+                    );
                 } else if mode != ServerTlsMode::Passthrough || certs {
-                    r.error(&format!("{base}.tls"), "tls on a plain-text HTTP server may only set httpsRedirect");
+                    r.error(
+                        &format!("{base}.tls"),
+                        "tls on a plain-text HTTP server may only set httpsRedirect",
+                    );
                 } else if tls.https_redirect != Some(true) {
-                    r.warning(&format!("{base}.tls"), "tls on a plain-text HTTP server has no effect without httpsRedirect: true");
+                    r.warning(
+                        &format!("{base}.tls"),
+                        "tls on a plain-text HTTP server has no effect without httpsRedirect: true",
+                    );
                 }
             }
             _ => {}
         }
-        if !p.is_http() && s.tls.as_ref().is_some_and(|t| t.https_redirect == Some(true)) {
-            r.warning(&format!("{base}.tls.httpsRedirect"), "httpsRedirect only applies to HTTP servers");
+        if !p.is_http()
+            && s.tls
+                .as_ref()
+                .is_some_and(|t| t.https_redirect == Some(true))
+        {
+            r.warning(
+                &format!("{base}.tls.httpsRedirect"),
+                "httpsRedirect only applies to HTTP servers",
+            );
         }
     }
 }
@@ -1912,7 +2222,10 @@ fn gateway_host(r: &mut Report<'_>, field: &str, h: &str) {
     let dns = match h.split_once('/') {
         Some((ns, dns)) => {
             if ns.is_empty() || dns.is_empty() {
-                r.error(field, format!("host {h:?}: namespace and host must not be empty"));
+                r.error(
+                    field,
+                    format!("host {h:?}: namespace and host must not be empty"),
+                );
                 return;
             }
             if ns != "*" && ns != "." && !is_dns1123_label(ns) {
@@ -1935,7 +2248,10 @@ fn hostname_part(r: &mut Report<'_>, field: &str, dns: &str, is_gateway: bool) {
         return;
     }
     if !dns.contains('.') {
-        r.error(field, format!("short name {dns:?} is not allowed; use a fully qualified name"));
+        r.error(
+            field,
+            format!("short name {dns:?} is not allowed; use a fully qualified name"),
+        );
         return;
     }
     if let Err(e) = host::validate_dns_name(dns) {
@@ -1954,16 +2270,20 @@ fn server_tls(r: &mut Report<'_>, base: &str, tls: &ServerTlsSettings) {
     let creds = !tls.credential_names.is_empty();
     let tls_certs = !tls.tls_certificates.is_empty();
 
-    if let (Some(min), Some(max)) = (tls.min_protocol_version, tls.max_protocol_version) {
-        if min != TlsProtocol::TlsAuto && max != TlsProtocol::TlsAuto && min > max {
-            r.error(
-                &format!("{base}.minProtocolVersion"),
-                format!("minProtocolVersion {min} is above maxProtocolVersion {max}"),
-            );
-        }
+    if let (Some(min), Some(max)) = (tls.min_protocol_version, tls.max_protocol_version)
+        && min != TlsProtocol::TlsAuto
+        && max != TlsProtocol::TlsAuto
+        && min > max
+    {
+        r.error(
+            &format!("{base}.minProtocolVersion"),
+            format!("minProtocolVersion {min} is above maxProtocolVersion {max}"),
+        );
     }
-    if matches!(tls.min_protocol_version, Some(TlsProtocol::TlsV1_0 | TlsProtocol::TlsV1_1))
-        && tls.cipher_suites.is_empty()
+    if matches!(
+        tls.min_protocol_version,
+        Some(TlsProtocol::TlsV1_0 | TlsProtocol::TlsV1_1)
+    ) && tls.cipher_suites.is_empty()
     {
         r.warning(
             &format!("{base}.minProtocolVersion"),
@@ -1971,22 +2291,24 @@ fn server_tls(r: &mut Report<'_>, base: &str, tls: &ServerTlsSettings) {
         );
     }
 
-    match mode {
-        ServerTlsMode::IstioMutual => {
-            if cert || key || ca || cred || creds || tls_certs {
-                r.error(
-                    base,
-                    "ISTIO_MUTUAL uses the mesh identity; serverCertificate, privateKey, caCertificates, credentialName(s) and tlsCertificates must be empty",
-                );
-            }
-            return;
+    if mode == ServerTlsMode::IstioMutual {
+        if cert || key || ca || cred || creds || tls_certs {
+            r.error(
+                base,
+                "ISTIO_MUTUAL uses the mesh identity; serverCertificate, privateKey, caCertificates, credentialName(s) and tlsCertificates must be empty",
+            );
         }
-        ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
-            if cert || key || ca || crl || cred || creds || tls_certs {
-                r.warning(base, format!("{mode} does not use certificates; they are ignored"));
-            }
-        }
-        _ => {}
+        return;
+    }
+    let passthrough = matches!(
+        mode,
+        ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough
+    );
+    if passthrough && (cert || key || ca || crl || cred || creds || tls_certs) {
+        r.warning(
+            base,
+            format!("{mode} does not use certificates; they are ignored"),
+        );
     }
     if mode == ServerTlsMode::AutoPassthrough {
         r.warning(
@@ -1995,23 +2317,34 @@ fn server_tls(r: &mut Report<'_>, base: &str, tls: &ServerTlsSettings) {
         );
     }
     if mode == ServerTlsMode::OptionalMutual {
-        r.warning(&format!("{base}.mode"), "OPTIONAL_MUTUAL is treated as MUTUAL by egret");
+        r.warning(
+            &format!("{base}.mode"),
+            "OPTIONAL_MUTUAL is treated as MUTUAL by egret",
+        );
     }
 
-    let sources = usize::from(cert && key) + usize::from(cred) + usize::from(creds) + usize::from(tls_certs);
+    let sources =
+        usize::from(cert && key) + usize::from(cred) + usize::from(creds) + usize::from(tls_certs);
     if sources > 1 {
         r.error(
             base,
             "set only one of credentialName, credentialNames, serverCertificate/privateKey or tlsCertificates",
         );
     }
-    let terminating = matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    let terminating = matches!(
+        mode,
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    );
     let mutual = mode != ServerTlsMode::Simple;
     if terminating && !cred && !creds {
         let what = if mutual { "MUTUAL" } else { "SIMPLE" };
         if tls_certs {
             for (i, c) in tls.tls_certificates.iter().enumerate() {
-                let has = |k: &str| c.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+                let has = |k: &str| {
+                    c.get(k)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                };
                 if !has("serverCertificate") || !has("privateKey") {
                     r.error(
                         &format!("{base}.tlsCertificates[{i}]"),
@@ -2020,10 +2353,16 @@ fn server_tls(r: &mut Report<'_>, base: &str, tls: &ServerTlsSettings) {
                 }
             }
             if tls.tls_certificates.len() > 2 {
-                r.warning(&format!("{base}.tlsCertificates"), "at most 2 server certificates are used");
+                r.warning(
+                    &format!("{base}.tlsCertificates"),
+                    "at most 2 server certificates are used",
+                );
             }
         } else if !(cert && key) {
-            r.error(base, format!("{what} requires serverCertificate and privateKey (or credentialName)"));
+            r.error(
+                base,
+                format!("{what} requires serverCertificate and privateKey (or credentialName)"),
+            );
         }
         if mutual && !ca {
             r.error(base, "MUTUAL requires caCertificates (or credentialName)");
@@ -2031,7 +2370,10 @@ fn server_tls(r: &mut Report<'_>, base: &str, tls: &ServerTlsSettings) {
     }
     if crl {
         if cred {
-            r.error(&format!("{base}.caCrl"), "not supported with credentialName; put the CRL in the credential");
+            r.error(
+                &format!("{base}.caCrl"),
+                "not supported with credentialName; put the CRL in the credential",
+            );
         }
         if mode == ServerTlsMode::Simple {
             r.error(&format!("{base}.caCrl"), "not supported with SIMPLE TLS");
@@ -2071,7 +2413,10 @@ fn sidecar(r: &mut Report<'_>, o: &Object<Sidecar>) {
                 if catch_all {
                     r.error(&base, "only one egress listener may omit port");
                 } else if i != last {
-                    r.error(&base, "the egress listener without port must be the last one");
+                    r.error(
+                        &base,
+                        "the egress listener without port must be the last one",
+                    );
                 } else {
                     catch_all = true;
                 }
@@ -2082,7 +2427,10 @@ fn sidecar(r: &mut Report<'_>, o: &Object<Sidecar>) {
                 match p.number.unwrap_or(0) {
                     0 => {
                         if let Some(j) = sockets.dup(bind, i) {
-                            r.error(&format!("{base}.bind"), format!("duplicate unix socket (also spec.egress[{j}])"));
+                            r.error(
+                                &format!("{base}.bind"),
+                                format!("duplicate unix socket (also spec.egress[{j}])"),
+                            );
                         }
                     }
                     n => {
@@ -2105,32 +2453,56 @@ fn sidecar(r: &mut Report<'_>, o: &Object<Sidecar>) {
 }
 
 /// Istio `validateSidecarEgressPortBindAndCaptureMode`.
-fn egress_port(r: &mut Report<'_>, base: &str, p: &ServicePort, bind: &str, capture: Option<CaptureMode>) {
+fn egress_port(
+    r: &mut Report<'_>,
+    base: &str,
+    p: &ServicePort,
+    bind: &str,
+    capture: Option<CaptureMode>,
+) {
     let pbase = format!("{base}.port");
     if p.target_port.is_some_and(|t| t > 0) {
-        r.error(&format!("{pbase}.targetPort"), "targetPort has no effect on Sidecars");
+        r.error(
+            &format!("{pbase}.targetPort"),
+            "targetPort has no effect on Sidecars",
+        );
     }
-    if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
-        if !is_dns1123_label(name) {
-            r.error(&format!("{pbase}.name"), format!("invalid port name {name:?}: must be a DNS-1123 label"));
-        }
+    if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty())
+        && !is_dns1123_label(name)
+    {
+        r.error(
+            &format!("{pbase}.name"),
+            format!("invalid port name {name:?}: must be a DNS-1123 label"),
+        );
     }
     warn_unknown_protocol(r, &format!("{pbase}.protocol"), &p.protocol);
     match p.number.unwrap_or(0) {
         0 => {
             // Port 0: a unix domain socket listener.
             match unix_path(bind) {
-                None => r.error(&format!("{base}.bind"), "a listener with port 0 needs a unix:// bind address"),
+                None => r.error(
+                    &format!("{base}.bind"),
+                    "a listener with port 0 needs a unix:// bind address",
+                ),
                 Some(path) => check_unix_path(r, &format!("{base}.bind"), path),
             }
-            if !matches!(capture, None | Some(CaptureMode::Default | CaptureMode::None)) {
-                r.error(&format!("{base}.captureMode"), "unix domain socket listeners take captureMode DEFAULT or NONE");
+            if !matches!(
+                capture,
+                None | Some(CaptureMode::Default | CaptureMode::None)
+            ) {
+                r.error(
+                    &format!("{base}.captureMode"),
+                    "unix domain socket listeners take captureMode DEFAULT or NONE",
+                );
             }
         }
         n => {
             check_port(r, &format!("{pbase}.number"), n);
             if !bind.is_empty() && !is_ip(bind) {
-                r.error(&format!("{base}.bind"), format!("bind {bind:?} is not an IP address"));
+                r.error(
+                    &format!("{base}.bind"),
+                    format!("bind {bind:?} is not an IP address"),
+                );
             }
         }
     }
@@ -2147,17 +2519,26 @@ fn sidecar_hosts(r: &mut Report<'_>, base: &str, own_ns: &str, hosts: &[String])
     for (i, h) in hosts.iter().enumerate() {
         let field = format!("{base}.hosts[{i}]");
         let Some((ns, dns)) = h.split_once('/') else {
-            r.error(&field, format!("hosts entry {h:?} must be namespace/host, e.g. \"*/{h}\""));
+            r.error(
+                &field,
+                format!("hosts entry {h:?} must be namespace/host, e.g. \"*/{h}\""),
+            );
             continue;
         };
         if ns.is_empty() || dns.is_empty() {
-            r.error(&field, format!("hosts entry {h:?}: namespace and host must not be empty"));
+            r.error(
+                &field,
+                format!("hosts entry {h:?}: namespace and host must not be empty"),
+            );
             continue;
         }
         // "*", ".", "~", a namespace, or "~namespace" (an exclusion).
         let bare = ns.strip_prefix('~').unwrap_or(ns);
         if !(bare.is_empty() || bare == "*" || bare == "." || is_dns1123_label(bare)) {
-            r.error(&field, format!("hosts entry {h:?}: invalid namespace {ns:?}"));
+            r.error(
+                &field,
+                format!("hosts entry {h:?}: invalid namespace {ns:?}"),
+            );
         }
         hostname_part(r, &field, dns, false);
         if ns.starts_with('~') {
@@ -2165,14 +2546,21 @@ fn sidecar_hosts(r: &mut Report<'_>, base: &str, own_ns: &str, hosts: &[String])
         }
         let key = if ns == "." { own_ns } else { ns };
         let names = seen.entry(key).or_default();
-        let dup = if dns == "*" { !names.is_empty() } else { names.contains(dns) || names.contains("*") };
+        let dup = if dns == "*" {
+            !names.is_empty()
+        } else {
+            names.contains(dns) || names.contains("*")
+        };
         if dup {
             r.warning(&field, format!("duplicated egress host {h:?}"));
         }
         names.insert(dns);
     }
     if seen.get("*").is_some_and(|n| n.contains("*")) && seen.len() > 1 {
-        r.warning(&format!("{base}.hosts"), "\"*/*\" selects everything; the other entries add nothing");
+        r.warning(
+            &format!("{base}.hosts"),
+            "\"*/*\" selects everything; the other entries add nothing",
+        );
     }
 }
 
@@ -2197,7 +2585,10 @@ fn sidecar_outbound_policy(r: &mut Report<'_>, otp: &OutboundTrafficPolicy) {
             return;
         }
         if ep.host.as_deref().is_some_and(|h| !is_fqdn(h)) {
-            r.error(&format!("{ebase}.host"), "egressProxy host must be a fully qualified name");
+            r.error(
+                &format!("{ebase}.host"),
+                "egressProxy host must be a fully qualified name",
+            );
         }
         if ep.port.is_none() {
             r.error(&format!("{ebase}.port"), "egressProxy port is required");
@@ -2216,14 +2607,19 @@ fn authorization_policy(r: &mut Report<'_>, o: &Object<AuthorizationPolicy>) {
     if let Some(v) = o.meta.annotations.get(DRY_RUN) {
         let field = format!("metadata.annotations.{DRY_RUN}");
         if !matches!(action, AuthzAction::Allow | AuthzAction::Deny) {
-            r.error(&field, format!("{DRY_RUN} only supports action ALLOW or DENY, not {action}"));
+            r.error(
+                &field,
+                format!("{DRY_RUN} only supports action ALLOW or DENY, not {action}"),
+            );
         } else if parse_go_bool(v).is_none() {
             r.error(&field, format!("value {v:?} must be \"true\" or \"false\""));
         }
     }
 
     // Istio `validateOneOfSelectorType`.
-    let targets = usize::from(ap.selector.is_some()) + usize::from(ap.target_ref.is_some()) + usize::from(!ap.target_refs.is_empty());
+    let targets = usize::from(ap.selector.is_some())
+        + usize::from(ap.target_ref.is_some())
+        + usize::from(!ap.target_refs.is_empty());
     if targets > 1 {
         r.error("spec", "set only one of selector, targetRef or targetRefs");
     }
@@ -2256,7 +2652,10 @@ fn authorization_policy(r: &mut Report<'_>, o: &Object<AuthorizationPolicy>) {
         _ => {}
     }
     if ap.provider.is_some() && action != AuthzAction::Custom {
-        r.error("spec.provider", format!("provider is only allowed with action CUSTOM, not {action}"));
+        r.error(
+            "spec.provider",
+            format!("provider is only allowed with action CUSTOM, not {action}"),
+        );
     }
 
     for (i, rule) in rules.iter().enumerate() {
@@ -2314,7 +2713,9 @@ fn authz_rule(r: &mut Report<'_>, base: &str, rule: &Rule, action: AuthzAction) 
     }
 
     // Istio warns: a DENY rule with only HTTP attributes also matches all TCP traffic.
-    if action == AuthzAction::Deny && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to)) {
+    if action == AuthzAction::Deny
+        && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to))
+    {
         r.warning(
             base,
             "this DENY rule uses only HTTP attributes: it denies all TCP traffic in its scope; add ports to limit it",
@@ -2344,15 +2745,25 @@ fn source(r: &mut Report<'_>, base: &str, s: &Source, custom: bool) {
     }
     for (name, list) in lists {
         check_no_empty_values(r, &format!("{base}.{name}"), list);
-        if custom && !list.is_empty() && !name.contains("pBlocks") {
+        let ip_based = name.ends_with("pBlocks"); // ipBlocks, remoteIpBlocks and their not* forms
+        if custom && !list.is_empty() && !ip_based {
             // Istio: CUSTOM only supports IP-based sources.
-            r.error(&format!("{base}.{name}"), format!("{name} is not supported with action CUSTOM"));
+            r.error(
+                &format!("{base}.{name}"),
+                format!("{name} is not supported with action CUSTOM"),
+            );
         }
     }
-    if (!s.principals.is_empty() || !s.not_principals.is_empty() || !s.namespaces.is_empty() || !s.not_namespaces.is_empty())
+    if (!s.principals.is_empty()
+        || !s.not_principals.is_empty()
+        || !s.namespaces.is_empty()
+        || !s.not_namespaces.is_empty())
         && (!s.service_accounts.is_empty() || !s.not_service_accounts.is_empty())
     {
-        r.error(base, "serviceAccounts cannot be combined with principals or namespaces");
+        r.error(
+            base,
+            "serviceAccounts cannot be combined with principals or namespaces",
+        );
     }
     for (name, list) in [
         ("ipBlocks", &s.ip_blocks),
@@ -2362,11 +2773,17 @@ fn source(r: &mut Report<'_>, base: &str, s: &Source, custom: bool) {
     ] {
         for (k, v) in list.iter().enumerate() {
             if !v.is_empty() && !is_ip_or_cidr(v) {
-                r.error(&format!("{base}.{name}[{k}]"), format!("{v:?} is not an IP address or CIDR block"));
+                r.error(
+                    &format!("{base}.{name}[{k}]"),
+                    format!("{v:?} is not an IP address or CIDR block"),
+                );
             }
         }
     }
-    for (name, list) in [("serviceAccounts", &s.service_accounts), ("notServiceAccounts", &s.not_service_accounts)] {
+    for (name, list) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
         for (k, v) in list.iter().enumerate() {
             if let Err(e) = service_account_value(v) {
                 r.error(&format!("{base}.{name}[{k}]"), e);
@@ -2421,7 +2838,10 @@ fn operation(r: &mut Report<'_>, base: &str, op: &Operation) {
     for (name, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
         for (k, p) in list.iter().enumerate() {
             if !p.is_empty() && !is_valid_port_string(p) {
-                r.error(&format!("{base}.{name}[{k}]"), format!("{p:?} is not a port number (1..65535)"));
+                r.error(
+                    &format!("{base}.{name}[{k}]"),
+                    format!("{p:?} is not a port number (1..65535)"),
+                );
             }
         }
     }
@@ -2447,7 +2867,9 @@ fn path_template(path: &str) -> Result<(), String> {
     for seg in path.trim_matches('/').split('/') {
         match seg {
             "{*}" | "{**}" if seen_any => {
-                return Err(format!("invalid path template {path:?}: {{**}} must be the last operator"));
+                return Err(format!(
+                    "invalid path template {path:?}: {{**}} must be the last operator"
+                ));
             }
             "{*}" => continue,
             "{**}" => {
@@ -2462,8 +2884,15 @@ fn path_template(path: &str) -> Result<(), String> {
             ));
         }
         const PCHARS: &str = "-._~%!$&'()+,;:@=";
-        if has_template && (seg.is_empty() || !seg.chars().all(|c| c.is_ascii_alphanumeric() || PCHARS.contains(c))) {
-            return Err(format!("invalid path template {path:?}: segment {seg:?} has characters not allowed in a path"));
+        if has_template
+            && (seg.is_empty()
+                || !seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || PCHARS.contains(c)))
+        {
+            return Err(format!(
+                "invalid path template {path:?}: segment {seg:?} has characters not allowed in a path"
+            ));
         }
     }
     Ok(())
@@ -2480,11 +2909,16 @@ fn condition(r: &mut Report<'_>, base: &str, c: &Condition, custom: bool) {
     };
     let key_field = format!("{base}.key");
     if c.values.is_empty() && c.not_values.is_empty() {
-        r.error(base, format!("condition on {key:?} needs values or notValues"));
+        r.error(
+            base,
+            format!("condition on {key:?} needs values or notValues"),
+        );
     }
     let map_key = |k: &str| -> bool {
         // `name[key]` with a non-empty key.
-        k.ends_with(']') && k.find('[').is_some_and(|open| open > 0 && open < k.len() - 2)
+        k.ends_with(']')
+            && k.find('[')
+                .is_some_and(|open| open > 0 && open < k.len() - 2)
     };
     enum Kind {
         Any,
@@ -2496,19 +2930,30 @@ fn condition(r: &mut Report<'_>, base: &str, c: &Condition, custom: bool) {
     let kind = match key {
         k if k.starts_with("request.headers") => {
             if !map_key(k) {
-                r.error(&key_field, format!("{k:?} should have the form request.headers[<name>]"));
+                r.error(
+                    &key_field,
+                    format!("{k:?} should have the form request.headers[<name>]"),
+                );
             }
             Kind::Any
         }
         k if k.starts_with("request.auth.claims") => {
             if !map_key(k) {
-                r.error(&key_field, format!("{k:?} should have the form request.auth.claims[<claim>]"));
+                r.error(
+                    &key_field,
+                    format!("{k:?} should have the form request.auth.claims[<claim>]"),
+                );
             }
             Kind::Any
         }
         k if k.starts_with("experimental.envoy.filters.") => {
             if !map_key(k) {
-                r.error(&key_field, format!("{k:?} should have the form experimental.envoy.filters.<filter>[<key>]"));
+                r.error(
+                    &key_field,
+                    format!(
+                        "{k:?} should have the form experimental.envoy.filters.<filter>[<key>]"
+                    ),
+                );
             }
             Kind::Any
         }
@@ -2516,25 +2961,39 @@ fn condition(r: &mut Report<'_>, base: &str, c: &Condition, custom: bool) {
         "destination.port" => Kind::Port,
         "source.serviceAccount" => Kind::ServiceAccount,
         "source.trustDomain" => Kind::Wildcard,
-        "source.namespace" | "source.principal" | "request.auth.principal" | "request.auth.audiences"
-        | "request.auth.presenter" | "connection.sni" => Kind::Any,
+        "source.namespace"
+        | "source.principal"
+        | "request.auth.principal"
+        | "request.auth.audiences"
+        | "request.auth.presenter"
+        | "connection.sni" => Kind::Any,
         k => {
             r.error(&key_field, format!("unknown condition key {k:?}"));
             return;
         }
     };
     if custom
-        && (matches!(key, "source.namespace" | "source.serviceAccount" | "source.trustDomain" | "source.principal")
-            || key.starts_with("request.auth."))
+        && (matches!(
+            key,
+            "source.namespace"
+                | "source.serviceAccount"
+                | "source.trustDomain"
+                | "source.principal"
+        ) || key.starts_with("request.auth."))
     {
-        r.error(&key_field, format!("{key:?} is not supported with action CUSTOM"));
+        r.error(
+            &key_field,
+            format!("{key:?} is not supported with action CUSTOM"),
+        );
     }
     for (what, values) in [("values", &c.values), ("notValues", &c.not_values)] {
         check_no_empty_values(r, &format!("{base}.{what}"), values);
         for (k, v) in values.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
             let field = format!("{base}.{what}[{k}]");
             match kind {
-                Kind::Ip if !is_ip_or_cidr(v) => r.error(&field, format!("{v:?} is not an IP address or CIDR block")),
+                Kind::Ip if !is_ip_or_cidr(v) => {
+                    r.error(&field, format!("{v:?} is not an IP address or CIDR block"))
+                }
                 Kind::Port if !v.parse::<u32>().is_ok_and(|n| n <= 65535) => {
                     r.error(&field, format!("{v:?} is not a port number"))
                 }
@@ -2545,8 +3004,13 @@ fn condition(r: &mut Report<'_>, base: &str, c: &Condition, custom: bool) {
                 }
                 Kind::Wildcard => {
                     let stars = v.matches('*').count();
-                    if stars > 1 || (stars == 1 && v != "*" && !v.starts_with('*') && !v.ends_with('*')) {
-                        r.error(&field, format!("{v:?}: a wildcard is only allowed once, at the start or end"));
+                    if stars > 1
+                        || (stars == 1 && v != "*" && !v.starts_with('*') && !v.ends_with('*'))
+                    {
+                        r.error(
+                            &field,
+                            format!("{v:?}: a wildcard is only allowed once, at the start or end"),
+                        );
                     }
                 }
                 _ => {}
@@ -2560,7 +3024,9 @@ fn condition(r: &mut Report<'_>, base: &str, c: &Condition, custom: bool) {
 /// Istio `ValidateRequestAuthentication` / `validateJwtRule`.
 fn request_authentication(r: &mut Report<'_>, o: &Object<RequestAuthentication>) {
     let ra = &o.spec;
-    let targets = usize::from(ra.selector.is_some()) + usize::from(ra.target_ref.is_some()) + usize::from(!ra.target_refs.is_empty());
+    let targets = usize::from(ra.selector.is_some())
+        + usize::from(ra.target_ref.is_some())
+        + usize::from(!ra.target_refs.is_empty());
     if targets > 1 {
         r.error("spec", "set only one of selector, targetRef or targetRefs");
     }
@@ -2580,7 +3046,7 @@ fn request_authentication(r: &mut Report<'_>, o: &Object<RequestAuthentication>)
                 if let Some(j) = issuers.dup(iss, i) {
                     r.warning(
                         &format!("{base}.issuer"),
-                        format!("issuer {iss:?} also in spec.jwtRules[{j}]: the first rule wins"),
+                        format!("issuer {iss:?} is also used by spec.jwtRules[{j}]"),
                     );
                 }
             }
@@ -2591,8 +3057,13 @@ fn request_authentication(r: &mut Report<'_>, o: &Object<RequestAuthentication>)
             }
         }
         if let Some(uri) = rule.jwks_uri.as_deref().filter(|s| !s.is_empty()) {
-            if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.split("://").nth(1).is_none_or(|rest| rest.is_empty()) {
-                r.error(&format!("{base}.jwksUri"), format!("{uri:?} is not an http:// or https:// URL"));
+            if !(uri.starts_with("http://") || uri.starts_with("https://"))
+                || uri.split("://").nth(1).is_none_or(|rest| rest.is_empty())
+            {
+                r.error(
+                    &format!("{base}.jwksUri"),
+                    format!("{uri:?} is not an http:// or https:// URL"),
+                );
             }
             if is_set(&rule.jwks) {
                 r.warning(
@@ -2604,13 +3075,22 @@ fn request_authentication(r: &mut Report<'_>, o: &Object<RequestAuthentication>)
         if let Some(jwks) = rule.jwks.as_deref().filter(|s| !s.is_empty()) {
             match serde_json::from_str::<Value>(jwks) {
                 Ok(v) if v.get("keys").is_some_and(Value::is_array) => {}
-                Ok(_) => r.error(&format!("{base}.jwks"), "jwks must be a JSON Web Key Set ({\"keys\": [...]})"),
-                Err(e) => r.error(&format!("{base}.jwks"), format!("jwks is not valid JSON: {e}")),
+                Ok(_) => r.error(
+                    &format!("{base}.jwks"),
+                    "jwks must be a JSON Web Key Set ({\"keys\": [...]})",
+                ),
+                Err(e) => r.error(
+                    &format!("{base}.jwks"),
+                    format!("jwks is not valid JSON: {e}"),
+                ),
             }
         }
         for (k, h) in rule.from_headers.iter().enumerate() {
             if !is_set(&h.name) {
-                r.error(&format!("{base}.fromHeaders[{k}].name"), "header name is required");
+                r.error(
+                    &format!("{base}.fromHeaders[{k}].name"),
+                    "header name is required",
+                );
             }
         }
         check_no_empty_values(r, &format!("{base}.fromParams"), &rule.from_params);
@@ -2619,8 +3099,14 @@ fn request_authentication(r: &mut Report<'_>, o: &Object<RequestAuthentication>)
             let cbase = format!("{base}.outputClaimToHeaders[{k}]");
             match (c.header.as_deref(), c.claim.as_deref()) {
                 (Some(h), Some(cl)) if !h.is_empty() && !cl.is_empty() => {
-                    if !h.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-                        r.error(&format!("{cbase}.header"), format!("{h:?} is not a valid header name"));
+                    if !h
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                    {
+                        r.error(
+                            &format!("{cbase}.header"),
+                            format!("{h:?} is not a valid header name"),
+                        );
                     }
                 }
                 _ => r.error(&cbase, "header and claim are both required"),
@@ -2669,10 +3155,10 @@ fn mesh_config(set: &ConfigSet, out: &mut Diagnostics) {
         }
     }
     // Istio `validateTrustDomainConfig`.
-    if let Some(td) = &mc.trust_domain {
-        if let Err(e) = trust_domain(td) {
-            r.error("trustDomain", e);
-        }
+    if let Some(td) = &mc.trust_domain
+        && let Err(e) = trust_domain(td)
+    {
+        r.error("trustDomain", e);
     }
     for (i, td) in mc.trust_domain_aliases.iter().enumerate() {
         if let Err(e) = trust_domain(td) {
@@ -2698,13 +3184,19 @@ fn trust_domain(td: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A provider block's `service` and `port`.
+type ServiceAndPort<'a> = (Option<&'a str>, Option<u32>);
+
 /// Istio `validateExtensionProvider`.
 fn extension_providers(r: &mut Report<'_>, providers: &[ExtensionProvider]) {
     let mut names: FirstSeen<&str> = FirstSeen::default();
     for (i, p) in providers.iter().enumerate() {
         let base = format!("extensionProviders[{i}]");
         match p.name.as_deref().filter(|s| !s.is_empty()) {
-            None => r.error(&format!("{base}.name"), "extension provider name is required"),
+            None => r.error(
+                &format!("{base}.name"),
+                "extension provider name is required",
+            ),
             Some(name) => {
                 if let Some(j) = names.dup(name, i) {
                     r.error(
@@ -2716,12 +3208,27 @@ fn extension_providers(r: &mut Report<'_>, providers: &[ExtensionProvider]) {
         }
         // The provider is a proto oneof; the block kinds with a service and port get those
         // checked.
-        let typed: [(&str, Option<(Option<&str>, Option<u32>)>); 3] = [
-            ("envoyExtAuthzHttp", p.envoy_ext_authz_http.as_ref().map(|h| (h.service.as_deref(), h.port))),
-            ("envoyExtAuthzGrpc", p.envoy_ext_authz_grpc.as_ref().map(|g| (g.service.as_deref(), g.port))),
-            ("opentelemetry", p.opentelemetry.as_ref().map(|o| (o.service.as_deref(), o.port))),
+        let typed: [(&str, Option<ServiceAndPort<'_>>); 3] = [
+            (
+                "envoyExtAuthzHttp",
+                p.envoy_ext_authz_http
+                    .as_ref()
+                    .map(|h| (h.service.as_deref(), h.port)),
+            ),
+            (
+                "envoyExtAuthzGrpc",
+                p.envoy_ext_authz_grpc
+                    .as_ref()
+                    .map(|g| (g.service.as_deref(), g.port)),
+            ),
+            (
+                "opentelemetry",
+                p.opentelemetry
+                    .as_ref()
+                    .map(|o| (o.service.as_deref(), o.port)),
+            ),
         ];
-        let untyped: [(&str, &Option<Value>, bool); 11] = [
+        let untyped: [(&str, &Option<Value>, bool); 10] = [
             ("prometheus", &p.prometheus, false),
             ("stackdriver", &p.stackdriver, false),
             ("zipkin", &p.zipkin, true),
@@ -2732,7 +3239,6 @@ fn extension_providers(r: &mut Report<'_>, providers: &[ExtensionProvider]) {
             ("envoyHttpAls", &p.envoy_http_als, true),
             ("envoyTcpAls", &p.envoy_tcp_als, true),
             ("sds", &p.sds, false),
-            ("envoyFileAccessLog", &None, false),
         ];
         let count = typed.iter().filter(|(_, v)| v.is_some()).count()
             + untyped.iter().filter(|(_, v, _)| v.is_some()).count()
@@ -2757,15 +3263,22 @@ fn extension_providers(r: &mut Report<'_>, providers: &[ExtensionProvider]) {
         }
         if let Some(h) = &p.envoy_ext_authz_http {
             let hbase = format!("{base}.envoyExtAuthzHttp");
-            if let Some(pp) = h.path_prefix.as_deref().filter(|s| !s.is_empty()) {
-                if !pp.starts_with('/') {
-                    r.error(&format!("{hbase}.pathPrefix"), format!("pathPrefix {pp:?} must begin with '/'"));
-                }
+            if let Some(pp) = h.path_prefix.as_deref().filter(|s| !s.is_empty())
+                && !pp.starts_with('/')
+            {
+                r.error(
+                    &format!("{hbase}.pathPrefix"),
+                    format!("pathPrefix {pp:?} must begin with '/'"),
+                );
             }
             status_on_error(r, &format!("{hbase}.statusOnError"), &h.status_on_error);
         }
         if let Some(g) = &p.envoy_ext_authz_grpc {
-            status_on_error(r, &format!("{base}.envoyExtAuthzGrpc.statusOnError"), &g.status_on_error);
+            status_on_error(
+                r,
+                &format!("{base}.envoyExtAuthzGrpc.statusOnError"),
+                &g.status_on_error,
+            );
         }
     }
 }
@@ -2774,31 +3287,38 @@ fn extension_providers(r: &mut Report<'_>, providers: &[ExtensionProvider]) {
 fn provider_service_port(r: &mut Report<'_>, base: &str, service: Option<&str>, port: Option<u64>) {
     match service.filter(|s| !s.is_empty()) {
         None => r.error(&format!("{base}.service"), "service is required"),
-        Some(s) => match s.split_once('/') {
-            None if !is_fqdn(s) && !is_ip(s) => {
-                r.error(&format!("{base}.service"), format!("service {s:?} is not a host name or IP address"))
+        Some(s) => {
+            let valid = match s.split_once('/') {
+                None => is_fqdn(s) || is_ip(s),
+                Some((ns, h)) => (ns == "*" || ns == "." || is_dns1123_label(ns)) && is_fqdn(h),
+            };
+            if !valid {
+                r.error(
+                    &format!("{base}.service"),
+                    format!("service {s:?} must be a host name, an IP address or namespace/host"),
+                );
             }
-            None => {}
-            Some((ns, h)) => {
-                if ns.is_empty() || h.is_empty() || !(ns == "*" || ns == "." || is_dns1123_label(ns)) || !is_fqdn(h) {
-                    r.error(&format!("{base}.service"), format!("service {s:?} must be a host name or namespace/host"));
-                }
-            }
-        },
+        }
     }
     match port {
         None | Some(0) => r.error(&format!("{base}.port"), "port is required"),
-        Some(p) if p > 65535 => r.error(&format!("{base}.port"), format!("port number {p} must be in the range 1..65535")),
+        Some(p) if p > 65535 => r.error(
+            &format!("{base}.port"),
+            format!("port number {p} must be in the range 1..65535"),
+        ),
         Some(_) => {}
     }
 }
 
 /// Istio `validateExtensionProviderEnvoyExtAuthzStatusOnError`: an HTTP status code.
 fn status_on_error(r: &mut Report<'_>, field: &str, s: &Option<String>) {
-    if let Some(s) = s.as_deref().filter(|s| !s.is_empty()) {
-        if !s.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)) {
-            r.error(field, format!("statusOnError {s:?} is not an HTTP status code"));
-        }
+    if let Some(s) = s.as_deref().filter(|s| !s.is_empty())
+        && !s.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c))
+    {
+        r.error(
+            field,
+            format!("statusOnError {s:?} is not an HTTP status code"),
+        );
     }
 }
 
@@ -2808,15 +3328,28 @@ fn status_on_error(r: &mut Report<'_>, field: &str, s: &Option<String>) {
 fn asm_egress_policy(r: &mut Report<'_>, o: &Object<AsmEgressTrafficPolicy>) {
     let p = &o.spec;
     if o.meta.namespace != "istio-egress" {
-        r.warning("metadata.namespace", "ASM expects ASMEgressTrafficPolicy in namespace istio-egress");
+        r.warning(
+            "metadata.namespace",
+            "ASM expects ASMEgressTrafficPolicy in namespace istio-egress",
+        );
     }
-    if !p.by_egress_gateway.as_ref().is_some_and(|g| is_set(&g.name)) {
-        r.error("spec.byEgressGateway.name", "egress gateway name is required");
+    if !p
+        .by_egress_gateway
+        .as_ref()
+        .is_some_and(|g| is_set(&g.name))
+    {
+        r.error(
+            "spec.byEgressGateway.name",
+            "egress gateway name is required",
+        );
     }
     for (i, rule) in p.egress_rules.iter().enumerate() {
         let base = format!("spec.egressRules[{i}]");
         if rule.to.is_empty() {
-            r.error(&format!("{base}.to"), "at least one destination is required");
+            r.error(
+                &format!("{base}.to"),
+                "at least one destination is required",
+            );
         }
         for (j, to) in rule.to.iter().enumerate() {
             asm_destination(r, &format!("{base}.to[{j}]"), to);
@@ -2825,7 +3358,9 @@ fn asm_egress_policy(r: &mut Report<'_>, o: &Object<AsmEgressTrafficPolicy>) {
             let field = format!("{base}.from[{j}].namespace");
             match from.namespace.as_deref().filter(|s| !s.is_empty()) {
                 None => r.error(&field, "namespace is required"),
-                Some(ns) if !is_dns1123_label(ns) => r.error(&field, format!("invalid namespace {ns:?}")),
+                Some(ns) if !is_dns1123_label(ns) => {
+                    r.error(&field, format!("invalid namespace {ns:?}"))
+                }
                 Some(_) => {}
             }
         }
@@ -2842,7 +3377,10 @@ fn asm_destination(r: &mut Report<'_>, base: &str, to: &EgressTo) {
     for (k, h) in to.hosts.iter().enumerate() {
         let field = format!("{base}.hosts[{k}]");
         if host::is_wildcard(h) {
-            r.error(&field, format!("wildcard host {h:?} is not supported (ASM resolves hosts with DNS)"));
+            r.error(
+                &field,
+                format!("wildcard host {h:?} is not supported (ASM resolves hosts with DNS)"),
+            );
         } else if let Err(e) = host::validate_dns_name(h) {
             r.error(&field, e);
         }
@@ -2862,7 +3400,948 @@ fn asm_destination(r: &mut Report<'_>, base: &str, to: &EgressTo) {
         }
     }
     match to.by_egress_gateway.as_ref().and_then(|g| g.port) {
-        None => r.error(&format!("{base}.byEgressGateway.port"), "egress gateway port is required"),
+        None => r.error(
+            &format!("{base}.byEgressGateway.port"),
+            "egress gateway port is required",
+        ),
         Some(n) => check_port(r, &format!("{base}.byEgressGateway.port"), n),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Validate `yaml` (as file `test.yaml`) and render every diagnostic.
+    fn run(yaml: &str) -> Vec<String> {
+        let (set, load) = ConfigSet::from_str("test.yaml", yaml);
+        assert!(!load.has_errors(), "load errors: {load:?}");
+        validate(&set).iter().map(ToString::to_string).collect()
+    }
+
+    fn assert_has(diags: &[String], want: &str) {
+        assert!(
+            diags.iter().any(|d| d == want),
+            "missing diagnostic:\n  {want}\ngot:\n  {}",
+            diags.join("\n  ")
+        );
+    }
+
+    fn assert_all(diags: &[String], want: &[&str]) {
+        for w in want {
+            assert_has(diags, w);
+        }
+    }
+
+    #[test]
+    fn service_entry_hosts_and_ports() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: x
+spec:
+  hosts: [a.example.com, "*"]
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  - number: 80
+    name: http
+    protocol: FOO
+  - number: 70000
+    protocol: tcp
+  resolution: NONE
+"#);
+        assert_all(
+            &d,
+            &[
+                r#"test.yaml:6: error: ServiceEntry default/x: spec.hosts[1]: "*" is not allowed in ServiceEntry hosts"#,
+                "test.yaml:11: error: ServiceEntry default/x: spec.ports[1].number: duplicate port number 80 (also spec.ports[0])",
+                r#"test.yaml:12: error: ServiceEntry default/x: spec.ports[1].name: duplicate port name "http" (also spec.ports[0])"#,
+                r#"test.yaml:13: warning: ServiceEntry default/x: spec.ports[1].protocol: unknown protocol "FOO": treated as unset (protocol sniffing)"#,
+                "test.yaml:11: warning: ServiceEntry default/x: spec.ports[1]: port 80 without protocol or addresses: unless sniffed as HTTP, every connection to port 80 on any IP matches this ServiceEntry",
+                "test.yaml:14: error: ServiceEntry default/x: spec.ports[2].number: port number 70000 must be in the range 1..65535",
+                "test.yaml:14: error: ServiceEntry default/x: spec.ports[2].name: port name is required",
+                "test.yaml:14: warning: ServiceEntry default/x: spec.ports[2]: TCP port 70000 without addresses: every connection to port 70000 on any IP matches this ServiceEntry",
+            ],
+        );
+        assert_eq!(d.len(), 8, "{d:#?}");
+    }
+
+    #[test]
+    fn service_entry_resolution_rules() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: dns
+spec:
+  hosts: ["*.foo.com"]
+  ports:
+  - {number: 443, name: tls, protocol: TLS}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: none
+spec:
+  hosts: [a.foo.com]
+  ports:
+  - {number: 443, name: tls, protocol: TLS}
+  endpoints:
+  - address: 1.2.3.4
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: static
+spec:
+  hosts: [b.foo.com]
+  ports:
+  - {number: 443, name: tls, protocol: TLS}
+  resolution: STATIC
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: rr
+spec:
+  hosts: [c.foo.com, d.foo.com]
+  addresses: [10.0.0.0/8]
+  ports:
+  - {number: 5432, name: pg, protocol: TCP}
+  resolution: DNS_ROUND_ROBIN
+  endpoints:
+  - address: db1.foo.com
+    ports: {pgx: 5432}
+  - address: not_valid!
+"#);
+        assert_all(
+            &d,
+            &[
+                r#"test.yaml:6: error: ServiceEntry default/dns: spec.hosts[0]: DNS resolution is not allowed with wildcard host "*.foo.com"; use resolution NONE"#,
+                "test.yaml:19: error: ServiceEntry default/none: spec.endpoints: endpoints are not allowed with resolution NONE",
+                "test.yaml:30: error: ServiceEntry default/static: spec.resolution: resolution STATIC needs endpoints or a workloadSelector",
+                "test.yaml:38: error: ServiceEntry default/rr: spec.addresses[0]: CIDR addresses are only allowed with resolution NONE or STATIC, not DNS_ROUND_ROBIN",
+                "test.yaml:40: error: ServiceEntry default/rr: spec.ports[0].protocol: multiple hosts with a TCP port require resolution NONE",
+                "test.yaml:42: error: ServiceEntry default/rr: spec.endpoints: DNS_ROUND_ROBIN allows at most one endpoint",
+                r#"test.yaml:44: error: ServiceEntry default/rr: spec.endpoints[0].ports.pgx: endpoint port name "pgx" is not a port of this ServiceEntry"#,
+                r#"test.yaml:45: error: ServiceEntry default/rr: spec.endpoints[1].address: address "not_valid!" is not an IP address or a DNS name"#,
+            ],
+        );
+        assert_eq!(d.len(), 8, "{d:#?}");
+    }
+
+    #[test]
+    fn service_entry_dynamic_dns_static_endpoints_and_selector() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: dyn
+spec:
+  hosts: [a.foo.com]
+  addresses: [10.1.1.1]
+  ports:
+  - {number: 8443, name: https, protocol: HTTPS, targetPort: 0}
+  resolution: DYNAMIC_DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: st
+spec:
+  hosts: [s.foo.com]
+  addresses: [10.1.1.2]
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 99999}
+  resolution: STATIC
+  workloadSelector: {labels: {app: x}}
+  endpoints:
+  - address: host.foo.com
+"#);
+        assert_all(
+            &d,
+            &[
+                r#"test.yaml:6: error: ServiceEntry default/dyn: spec.hosts[0]: resolution DYNAMIC_DNS needs wildcard hosts ("*.example.com"), not "a.foo.com""#,
+                "test.yaml:7: error: ServiceEntry default/dyn: spec.addresses: addresses are not allowed with resolution DYNAMIC_DNS",
+                "test.yaml:9: error: ServiceEntry default/dyn: spec.ports[0].protocol: resolution DYNAMIC_DNS supports only HTTP, TLS, GRPC and HTTP2 ports",
+                "test.yaml:20: error: ServiceEntry default/st: spec.ports[0].targetPort: port number 99999 must be in the range 1..65535",
+                "test.yaml:22: error: ServiceEntry default/st: spec.workloadSelector: set only one of endpoints or workloadSelector",
+                r#"test.yaml:24: error: ServiceEntry default/st: spec.endpoints[0].address: endpoint address "host.foo.com" must be an IP address or unix:// path with resolution STATIC"#,
+            ],
+        );
+        assert_eq!(d.len(), 6, "{d:#?}");
+    }
+
+    #[test]
+    fn service_entry_tcp_port_without_addresses_warns() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: ssh
+spec:
+  hosts: [dummy.github.com]
+  ports:
+  - name: tcp
+    number: 22
+    protocol: tcp
+"#);
+        assert_eq!(d, vec![
+            "test.yaml:8: warning: ServiceEntry default/ssh: spec.ports[0]: TCP port 22 without addresses: every connection to port 22 on any IP matches this ServiceEntry".to_string(),
+        ]);
+    }
+
+    #[test]
+    fn export_to_rules() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: e
+  namespace: ns1
+spec:
+  hosts: [e.foo.com]
+  addresses: [10.0.0.1]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  exportTo: [".", ns1, "~", "Bad_NS"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: d
+spec:
+  host: e.foo.com
+  exportTo: ["~", "*", "*"]
+  workloadSelector: {matchLabels: {app: a}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ok
+spec:
+  host: e.foo.com
+  exportTo: ["."]
+  workloadSelector: {matchLabels: {app: a}}
+"#);
+        assert_all(
+            &d,
+            &[
+                r#"test.yaml:10: error: ServiceEntry ns1/e: spec.exportTo[1]: "." and "ns1" both name this namespace (also spec.exportTo[0])"#,
+                r#"test.yaml:10: error: ServiceEntry ns1/e: spec.exportTo[3]: "Bad_NS" is not a valid entry: use ".", "*", "~" or a namespace name"#,
+                r#"test.yaml:10: error: ServiceEntry ns1/e: spec.exportTo: "~" (no namespace) cannot be combined with other entries"#,
+                r#"test.yaml:18: error: DestinationRule default/d: spec.exportTo[0]: "~" (export to no namespace) is only allowed on ServiceEntries"#,
+                r#"test.yaml:18: error: DestinationRule default/d: spec.exportTo[2]: duplicate entry "*" (also spec.exportTo[1])"#,
+                r#"test.yaml:18: error: DestinationRule default/d: spec.exportTo: a DestinationRule with workloadSelector may only be exported to its own namespace (exportTo: ["."])"#,
+                r#"test.yaml:18: error: DestinationRule default/d: spec.exportTo: "*" (all namespaces) cannot be combined with other entries"#,
+            ],
+        );
+        assert_eq!(d.len(), 7, "{d:#?}");
+    }
+
+    #[test]
+    fn destination_rule_traffic_policy() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: d
+spec:
+  host: api.foo.com
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      consistentHash:
+        httpCookie: {ttl: 0s}
+        useSourceIp: true
+    outlierDetection:
+      maxEjectionPercent: 120
+      interval: 0s
+    connectionPool:
+      tcp: {connectTimeout: 0.5ms}
+    tls:
+      mode: MUTUAL
+      insecureSkipVerify: true
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: ISTIO_MUTUAL, caCertificates: /etc/ca.pem}
+    - port: {number: 443}
+      tls: {mode: SIMPLE, credentialName: cred}
+  subsets:
+  - name: v1
+  - name: v1
+  - name: V_2
+    trafficPolicy: {}
+"#);
+        let p = "DestinationRule default/d: spec";
+        assert_all(
+            &d,
+            &[
+                &format!(
+                    "test.yaml:8: error: {p}.trafficPolicy.loadBalancer: set only one of simple or consistentHash"
+                ),
+                &format!(
+                    "test.yaml:10: error: {p}.trafficPolicy.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName"
+                ),
+                &format!(
+                    "test.yaml:11: error: {p}.trafficPolicy.loadBalancer.consistentHash.httpCookie.name: httpCookie needs a name"
+                ),
+                &format!(
+                    "test.yaml:14: error: {p}.trafficPolicy.outlierDetection.maxEjectionPercent: percentage 120 is not in the range 0..100"
+                ),
+                &format!(
+                    "test.yaml:15: error: {p}.trafficPolicy.outlierDetection.interval: duration 0s is shorter than 1ms"
+                ),
+                &format!(
+                    "test.yaml:17: error: {p}.trafficPolicy.connectionPool.tcp.connectTimeout: duration 500000ns is shorter than 1ms"
+                ),
+                &format!(
+                    "test.yaml:18: error: {p}.trafficPolicy.tls: MUTUAL requires clientCertificate and privateKey (or credentialName)"
+                ),
+                &format!(
+                    "test.yaml:20: warning: {p}.trafficPolicy.tls.insecureSkipVerify: the upstream certificate will not be verified"
+                ),
+                &format!(
+                    "test.yaml:23: error: {p}.trafficPolicy.portLevelSettings[0].tls: ISTIO_MUTUAL uses the mesh identity; clientCertificate, privateKey, caCertificates and credentialName must be empty"
+                ),
+                &format!(
+                    "test.yaml:24: error: {p}.trafficPolicy.portLevelSettings[1].port.number: duplicate port 443 (also spec.trafficPolicy.portLevelSettings[0])"
+                ),
+                &format!(
+                    "test.yaml:25: warning: {p}.trafficPolicy.portLevelSettings[1].tls.credentialName: credentialName on a sidecar needs workloadSelector in Istio; egret reads it on gateways, and on sidecars only when the DestinationRule has a workloadSelector"
+                ),
+                &format!(
+                    r#"test.yaml:28: error: {p}.subsets[1].name: duplicate subset name "v1" (also spec.subsets[0])"#
+                ),
+                &format!(
+                    r#"test.yaml:29: error: {p}.subsets[2].name: subset name "V_2" must be a DNS-1123 label (lower-case letters, digits, '-')"#
+                ),
+                &format!(
+                    "test.yaml:30: error: {p}.subsets[2].trafficPolicy: trafficPolicy must set at least one field"
+                ),
+            ],
+        );
+        assert_eq!(d.len(), 14, "{d:#?}");
+    }
+
+    #[test]
+    fn destination_rule_locality_and_host() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: dist
+spec:
+  host: api.foo.com
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: us-west/zone1/*
+          to: {"us-west/zone1/*": 80, "us-west/zone2/*": 10}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: fail
+spec:
+  host: "bad host"
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        failover:
+        - {from: us-east, to: us-east}
+"#);
+        assert_all(
+            &d,
+            &[
+                "test.yaml:12: error: DestinationRule default/dist: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: locality weights sum to 90, not 100",
+                r#"test.yaml:19: error: DestinationRule default/fail: spec.host: host "bad host": invalid label "bad host""#,
+                "test.yaml:22: warning: DestinationRule default/fail: spec.trafficPolicy.loadBalancer.localityLbSetting: failover only takes effect with outlierDetection",
+                "test.yaml:24: error: DestinationRule default/fail: spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0]: failover from and to must be different regions",
+            ],
+        );
+        assert_eq!(d.len(), 4, "{d:#?}");
+    }
+
+    #[test]
+    fn virtual_service_http_routes() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: v
+spec:
+  hosts: ["*"]
+  http:
+  - match:
+    - uri: {prefix: /a, exact: /b}
+      headers:
+        X-Foo: {exact: bar}
+        x-re: {regex: "a(b"}
+      port: 70000
+    route:
+    - destination: {host: a.foo.com}
+      weight: 60
+    - destination: {host: b.foo.com}
+      weight: 30
+    redirect: {uri: /x}
+    timeout: 0s
+  - route:
+    - destination: {host: a.foo.com, port: {number: 0}}
+      weight: -1
+    - destination: {subset: v1}
+      weight: 1
+    retries: {attempts: -1, perTryTimeout: 0s}
+    fault: {abort: {httpStatus: 700}, delay: {percentage: {value: 50}}}
+  - directResponse: {status: 99}
+    mirrorPercentage: {value: 150}
+    mirror: {host: m.foo.com}
+    mirrors: [{destination: {host: m.foo.com}}]
+"#);
+        let p = "VirtualService default/v: spec";
+        assert_all(
+            &d,
+            &[
+                &format!(
+                    r#"test.yaml:6: error: {p}.hosts[0]: wildcard host "*" is not allowed for VirtualServices bound to the mesh gateway"#
+                ),
+                &format!(
+                    "test.yaml:8: error: {p}.http[0]: exactly one of route, redirect or directResponse is required"
+                ),
+                &format!(
+                    "test.yaml:9: error: {p}.http[0].match[0].uri: exactly one of exact, prefix or regex is allowed"
+                ),
+                &format!(
+                    r#"test.yaml:11: error: {p}.http[0].match[0].headers.X-Foo: header name "X-Foo" must be lower case"#
+                ),
+                &format!(
+                    r#"test.yaml:12: error: {p}.http[0].match[0].headers.x-re.regex: invalid regex "a(b": unclosed group"#
+                ),
+                &format!(
+                    "test.yaml:13: error: {p}.http[0].match[0].port: port number 70000 must be in the range 1..65535"
+                ),
+                &format!(
+                    "test.yaml:14: warning: {p}.http[0].route: destination weights sum to 90, not 100: egret (like Envoy) treats them as relative shares"
+                ),
+                &format!(
+                    "test.yaml:20: error: {p}.http[0].timeout: duration 0s is shorter than 1ms"
+                ),
+                &format!(
+                    "test.yaml:21: error: {p}.http[1].route: all destination weights are 0: no traffic would be routed"
+                ),
+                &format!(
+                    "test.yaml:22: error: {p}.http[1].route[0].destination.port.number: port number 0 must be in the range 1..65535"
+                ),
+                &format!(
+                    "test.yaml:23: error: {p}.http[1].route[0].weight: weight -1 must not be negative"
+                ),
+                &format!(
+                    "test.yaml:24: error: {p}.http[1].route[1].destination.host: destination host is required"
+                ),
+                &format!(
+                    "test.yaml:26: error: {p}.http[1].retries.attempts: attempts -1 must not be negative"
+                ),
+                &format!(
+                    "test.yaml:26: error: {p}.http[1].retries.perTryTimeout: duration 0s is shorter than 1ms"
+                ),
+                &format!(
+                    "test.yaml:27: error: {p}.http[1].fault.abort.httpStatus: HTTP status 700 is not in the range 200..599"
+                ),
+                &format!(
+                    "test.yaml:27: error: {p}.http[1].fault.delay: delay needs fixedDelay or exponentialDelay"
+                ),
+                &format!("test.yaml:28: error: {p}.http[2]: set only one of mirror or mirrors"),
+                &format!(
+                    "test.yaml:28: error: {p}.http[2].directResponse.status: HTTP status 99 is not in the range 200..599"
+                ),
+                &format!(
+                    "test.yaml:29: error: {p}.http[2].mirrorPercentage.value: percentage 150 is neither 0 nor in the range 0.0001..100"
+                ),
+                &format!(
+                    "test.yaml:28: warning: {p}.http[2]: unreachable: spec.http[1] before it has no match and takes all traffic"
+                ),
+            ],
+        );
+        assert_eq!(d.len(), 20, "{d:#?}");
+    }
+
+    #[test]
+    fn virtual_service_tls_and_tcp_routes() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: t
+spec:
+  hosts: [a.com, "*.wiki.org", reviews]
+  gateways: [mesh, istio-system/egress, Bad/x, gw.istio-system]
+  tls:
+  - match:
+    - sniHosts: [a.com, b.com, wiki.org, x.en.wiki.org]
+      destinationSubnets: [10.0.0.0/33]
+    route:
+    - destination: {host: a.com}
+  - route:
+    - destination: {host: a.com}
+  tcp:
+  - match:
+    - destinationSubnets: [1.2.3.4]
+      port: 0
+  - route:
+    - destination: {host: a.com}
+      weight: 50
+    - destination: {host: b.com}
+"#);
+        let p = "VirtualService default/t: spec";
+        assert_all(
+            &d,
+            &[
+                &format!(r#"test.yaml:7: error: {p}.gateways[2]: invalid namespace "Bad""#),
+                &format!(
+                    r#"test.yaml:7: warning: {p}.gateways[3]: legacy gateway name format "gw.istio-system"; prefer namespace/name: "istio-system/gw""#
+                ),
+                &format!(
+                    r#"test.yaml:10: error: {p}.tls[0].match[0].sniHosts[1]: SNI host "b.com" is not among the VirtualService hosts"#
+                ),
+                &format!(
+                    r#"test.yaml:11: error: {p}.tls[0].match[0].destinationSubnets[0]: "10.0.0.0/33" is not an IP address or CIDR block"#
+                ),
+                &format!("test.yaml:14: error: {p}.tls[1].match: at least one match is required"),
+                &format!(
+                    "test.yaml:17: error: {p}.tcp[0].route: at least one route destination is required"
+                ),
+                &format!(
+                    "test.yaml:20: warning: {p}.tcp[1].route: destination weights sum to 50, not 100: egret (like Envoy) treats them as relative shares"
+                ),
+            ],
+        );
+        assert_eq!(d.len(), 7, "{d:#?}");
+    }
+
+    #[test]
+    fn virtual_service_without_hosts() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: nohosts
+spec:
+  http:
+  - route:
+    - destination: {host: a.foo.com}
+"#);
+        assert_eq!(d, vec![
+            "test.yaml:5: error: VirtualService default/nohosts: spec.hosts: at least one host is required (only delegate VirtualServices have none, and no VirtualService delegates to this one)".to_string(),
+        ]);
+    }
+
+    #[test]
+    fn gateway_servers() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: gw
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [foo]
+  - port: {number: 80, name: https, protocol: HTTP}
+    hosts: ["bad ns/a.com", "./*.a.com"]
+    tls: {mode: SIMPLE, credentialName: c}
+  - port: {number: 8443, name: mtls, protocol: TLS}
+    hosts: ["*"]
+    tls:
+      mode: MUTUAL
+      serverCertificate: /c.pem
+      privateKey: /k.pem
+      minProtocolVersion: TLSV1_3
+      maxProtocolVersion: TLSV1_2
+  - port: {number: 15443, name: tls-ap, protocol: TLS}
+    hosts: ["*.local"]
+    tls: {mode: AUTO_PASSTHROUGH}
+  - port: {number: 9443, name: om, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: OPTIONAL_MUTUAL, credentialName: om}
+  - hosts: []
+"#);
+        let p = "Gateway default/gw: spec";
+        assert_all(
+            &d,
+            &[
+                &format!("test.yaml:8: error: {p}.servers[0]: HTTPS servers need tls settings"),
+                &format!(
+                    r#"test.yaml:9: error: {p}.servers[0].hosts[0]: short name "foo" is not allowed; use a fully qualified name"#
+                ),
+                &format!(
+                    r#"test.yaml:10: error: {p}.servers[1].port.name: duplicate server port name "https" (also spec.servers[0].port.name)"#
+                ),
+                &format!(
+                    r#"test.yaml:11: error: {p}.servers[1].hosts[0]: host "bad ns/a.com": invalid namespace "bad ns""#
+                ),
+                &format!(
+                    "test.yaml:12: error: {p}.servers[1].tls: tls on a plain-text HTTP server may only set httpsRedirect"
+                ),
+                &format!(
+                    "test.yaml:15: error: {p}.servers[2].tls: MUTUAL requires caCertificates (or credentialName)"
+                ),
+                &format!(
+                    "test.yaml:19: error: {p}.servers[2].tls.minProtocolVersion: minProtocolVersion TLSV1_3 is above maxProtocolVersion TLSV1_2"
+                ),
+                &format!(
+                    "test.yaml:23: warning: {p}.servers[3].tls.mode: AUTO_PASSTHROUGH (multi-network east-west) is not supported by egret, server ignored"
+                ),
+                &format!(
+                    "test.yaml:26: warning: {p}.servers[4].tls.mode: OPTIONAL_MUTUAL is treated as MUTUAL by egret"
+                ),
+                &format!("test.yaml:27: error: {p}.servers[5].port: port is required"),
+                &format!(
+                    "test.yaml:27: error: {p}.servers[5].hosts: at least one host is required"
+                ),
+            ],
+        );
+        assert_eq!(d.len(), 11, "{d:#?}");
+    }
+
+    #[test]
+    fn sidecar_egress_and_outbound_policy() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: s
+spec:
+  workloadSelector: {labels: {}}
+  egress:
+  - hosts: ["*/*"]
+  - port: {number: 70000, protocol: HTTP, name: http}
+    hosts: [foo.com, "./*", "./*", "~/*"]
+  - port: {number: 9080}
+  outboundTrafficPolicy: {}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: s2
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY_DYNAMIC_DNS}
+"#);
+        let p = "Sidecar default/s: spec";
+        assert_all(
+            &d,
+            &[
+                &format!(
+                    "test.yaml:6: warning: {p}.workloadSelector: workloadSelector without labels selects every workload in the namespace"
+                ),
+                &format!(
+                    "test.yaml:8: error: {p}.egress[0]: the egress listener without port must be the last one"
+                ),
+                &format!(
+                    "test.yaml:9: error: {p}.egress[1].port.number: port number 70000 must be in the range 1..65535"
+                ),
+                &format!(
+                    r#"test.yaml:10: error: {p}.egress[1].hosts[0]: hosts entry "foo.com" must be namespace/host, e.g. "*/foo.com""#
+                ),
+                &format!(
+                    r#"test.yaml:10: warning: {p}.egress[1].hosts[2]: duplicated egress host "./*""#
+                ),
+                &format!("test.yaml:11: error: {p}.egress[2].hosts: at least one host is required"),
+                &format!(
+                    "test.yaml:12: warning: {p}.outboundTrafficPolicy: outboundTrafficPolicy without mode means REGISTRY_ONLY (the Istio enum default): unknown destinations are blocked"
+                ),
+                "test.yaml:19: error: Sidecar default/s2: spec.outboundTrafficPolicy.mode: ALLOW_ANY_DYNAMIC_DNS is only valid in MeshConfig",
+            ],
+        );
+        assert_eq!(d.len(), 8, "{d:#?}");
+    }
+
+    #[test]
+    fn workload_entry_address_and_ports() {
+        let d = run(r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: w
+spec:
+  ports: {http: 0, Bad: 80}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: w2
+spec:
+  address: unix:///var/run/sock
+  ports: {http: 80}
+"#);
+        assert_all(
+            &d,
+            &[
+                "test.yaml:5: error: WorkloadEntry default/w: spec.address: address is required",
+                "test.yaml:6: error: WorkloadEntry default/w: spec.ports.http: port number 0 must be in the range 1..65535",
+                r#"test.yaml:6: error: WorkloadEntry default/w: spec.ports.Bad: invalid port name "Bad": must be a DNS-1123 label"#,
+                "test.yaml:14: error: WorkloadEntry default/w2: spec.ports: a unix:// endpoint takes no ports",
+            ],
+        );
+        assert_eq!(d.len(), 4, "{d:#?}");
+    }
+
+    #[test]
+    fn authorization_policy_rules() {
+        let d = run(r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: a
+  namespace: foo
+  annotations:
+    istio.io/dry-run: "yes"
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        serviceAccounts: [foo/sa]
+        principals: [cluster.local/ns/foo/sa/x]
+        ipBlocks: [10.0.0.0/40]
+    to:
+    - operation:
+        ports: ["80", "http"]
+        paths: ["/a/{**}/{*}", "/b/{x}"]
+    when:
+    - key: request.headers[x-a]
+      values: [a]
+    - key: source.unknown
+      values: [x]
+    - key: destination.ip
+      values: [nope]
+    - key: source.ip
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: c
+spec:
+  action: CUSTOM
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: p
+spec:
+  action: ALLOW
+  provider: {name: x}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-none
+spec:
+  action: DENY
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-nothing
+spec: {}
+"#);
+        let p = "AuthorizationPolicy foo/a";
+        assert_all(
+            &d,
+            &[
+                &format!(
+                    r#"test.yaml:7: error: {p}: metadata.annotations.istio.io/dry-run: value "yes" must be "true" or "false""#
+                ),
+                &format!(
+                    "test.yaml:12: error: {p}: spec.rules[0].from[0].source: serviceAccounts cannot be combined with principals or namespaces"
+                ),
+                &format!(
+                    r#"test.yaml:15: error: {p}: spec.rules[0].from[0].source.ipBlocks[0]: "10.0.0.0/40" is not an IP address or CIDR block"#
+                ),
+                &format!(
+                    r#"test.yaml:18: error: {p}: spec.rules[0].to[0].operation.ports[1]: "http" is not a port number (1..65535)"#
+                ),
+                &format!(
+                    r#"test.yaml:19: error: {p}: spec.rules[0].to[0].operation.paths[0]: invalid path template "/a/{{**}}/{{*}}": {{**}} must be the last operator"#
+                ),
+                &format!(
+                    r#"test.yaml:19: error: {p}: spec.rules[0].to[0].operation.paths[1]: invalid path template "/b/{{x}}": '{{' and '}}' are only allowed as whole {{*}} or {{**}} segments"#
+                ),
+                &format!(
+                    r#"test.yaml:23: error: {p}: spec.rules[0].when[1].key: unknown condition key "source.unknown""#
+                ),
+                &format!(
+                    r#"test.yaml:26: error: {p}: spec.rules[0].when[2].values[0]: "nope" is not an IP address or CIDR block"#
+                ),
+                &format!(
+                    r#"test.yaml:27: error: {p}: spec.rules[0].when[3]: condition on "source.ip" needs values or notValues"#
+                ),
+                "test.yaml:33: error: AuthorizationPolicy default/c: spec.provider.name: action CUSTOM requires provider.name",
+                "test.yaml:43: error: AuthorizationPolicy default/p: spec.provider: provider is only allowed with action CUSTOM, not ALLOW",
+                "test.yaml:49: error: AuthorizationPolicy default/deny-none: spec.rules: a DENY policy without rules never matches; add `rules: [{}]` to match every request",
+            ],
+        );
+        // `spec: {}` (ALLOW, no rules) means "deny everything": meaningful, not an error.
+        assert!(!d.iter().any(|l| l.contains("allow-nothing")), "{d:#?}");
+        assert_eq!(d.len(), 12, "{d:#?}");
+    }
+
+    #[test]
+    fn request_authentication_rules() {
+        let d = run(r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: r
+spec:
+  jwtRules:
+  - issuer: a
+    jwksUri: ftp://x
+    jwks: '{"keys": []}'
+  - jwks: 'nope'
+    fromHeaders: [{prefix: "Bearer "}]
+  - issuer: a
+"#);
+        let p = "RequestAuthentication default/r: spec.jwtRules";
+        assert_all(
+            &d,
+            &[
+                &format!(
+                    r#"test.yaml:8: error: {p}[0].jwksUri: "ftp://x" is not an http:// or https:// URL"#
+                ),
+                &format!(
+                    "test.yaml:9: warning: {p}[0].jwks: set only one of jwks or jwksUri: which one Istio uses depends on its JWKS fetch mode"
+                ),
+                &format!("test.yaml:10: error: {p}[1].issuer: issuer is required (or jwksUri)"),
+                &format!(
+                    "test.yaml:10: error: {p}[1].jwks: jwks is not valid JSON: expected ident at line 1 column 2"
+                ),
+                &format!(
+                    "test.yaml:11: error: {p}[1].fromHeaders[0].name: header name is required"
+                ),
+                &format!(
+                    r#"test.yaml:12: warning: {p}[2].issuer: issuer "a" is also used by spec.jwtRules[0]"#
+                ),
+            ],
+        );
+        assert_eq!(d.len(), 6, "{d:#?}");
+    }
+
+    #[test]
+    fn mesh_config_rules() {
+        let d = run(r#"spec:
+  meshConfig:
+    outboundTrafficPolicy: {}
+    trustDomain: Bad_Domain
+    extensionProviders:
+    - name: authz
+      envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local}
+    - name: authz
+      envoyExtAuthzGrpc: {service: a.b, port: 9000}
+      opentelemetry: {service: o.b, port: 4317}
+"#);
+        assert_all(
+            &d,
+            &[
+                "test.yaml:3: warning: MeshConfig /mesh: outboundTrafficPolicy: outboundTrafficPolicy without mode: egret keeps the mesh default ALLOW_ANY (Istio merges mesh config over its defaults); write the mode explicitly",
+                r#"test.yaml:4: error: MeshConfig /mesh: trustDomain: trust domain "Bad_Domain" is not a valid DNS name"#,
+                "test.yaml:7: error: MeshConfig /mesh: extensionProviders[0].envoyExtAuthzHttp.port: port is required",
+                r#"test.yaml:8: error: MeshConfig /mesh: extensionProviders[1].name: duplicate extension provider name "authz" (also extensionProviders[0])"#,
+                "test.yaml:8: error: MeshConfig /mesh: extensionProviders[1]: an extension provider needs exactly one provider block (envoyExtAuthzHttp, envoyExtAuthzGrpc, opentelemetry, ...), found 2",
+            ],
+        );
+        assert_eq!(d.len(), 5, "{d:#?}");
+
+        let d = run(
+            "spec:\n  meshConfig:\n    outboundTrafficPolicy:\n      mode: ALLOW_ANY_DYNAMIC_DNS\n",
+        );
+        assert_eq!(d, vec![
+            "test.yaml:4: warning: MeshConfig /mesh: outboundTrafficPolicy.mode: ALLOW_ANY_DYNAMIC_DNS is not supported by egret; treated as ALLOW_ANY".to_string(),
+        ]);
+    }
+
+    #[test]
+    fn asm_egress_traffic_policy() {
+        let d = run(r#"apiVersion: istio.alibabacloud.com/v1beta1
+kind: ASMEgressTrafficPolicy
+metadata:
+  name: p
+  namespace: default
+spec:
+  byEgressGateway: {}
+  egressRules:
+  - from:
+    - workloadSelector: {app: a}
+    to:
+    - hosts: ["*.httpbin.org"]
+      port: {number: 80}
+      byEgressGateway: {port: 0}
+"#);
+        let p = "ASMEgressTrafficPolicy default/p";
+        assert_all(
+            &d,
+            &[
+                &format!(
+                    "test.yaml:5: warning: {p}: metadata.namespace: ASM expects ASMEgressTrafficPolicy in namespace istio-egress"
+                ),
+                &format!(
+                    "test.yaml:7: error: {p}: spec.byEgressGateway.name: egress gateway name is required"
+                ),
+                &format!(
+                    "test.yaml:10: error: {p}: spec.egressRules[0].from[0].namespace: namespace is required"
+                ),
+                &format!(
+                    "test.yaml:12: error: {p}: spec.egressRules[0].to[0].name: name is required"
+                ),
+                &format!(
+                    r#"test.yaml:12: error: {p}: spec.egressRules[0].to[0].hosts[0]: wildcard host "*.httpbin.org" is not supported (ASM resolves hosts with DNS)"#
+                ),
+                &format!(
+                    "test.yaml:13: error: {p}: spec.egressRules[0].to[0].port.protocol: protocol is required"
+                ),
+                &format!(
+                    "test.yaml:14: error: {p}: spec.egressRules[0].to[0].byEgressGateway.port: port number 0 must be in the range 1..65535"
+                ),
+            ],
+        );
+        assert_eq!(d.len(), 7, "{d:#?}");
+    }
+
+    fn samples_dir() -> PathBuf {
+        match std::env::var_os("EGRET_SAMPLES") {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/conformance/istio-samples"),
+        }
+    }
+
+    /// Every conformance sample is valid Istio configuration: no errors.
+    #[test]
+    fn conformance_samples_have_no_errors() {
+        let dir = samples_dir();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("conformance samples missing at {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 29,
+            "only {} samples in {}",
+            files.len(),
+            dir.display()
+        );
+        let mut failures = Vec::new();
+        for f in &files {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            let mut text = std::fs::read_to_string(f).unwrap();
+            if name.starts_with("14-") {
+                text = text
+                    .replace("$PROXY_IP", "203.0.113.10")
+                    .replace("$PROXY_PORT", "3128");
+            }
+            let (set, _) = ConfigSet::from_str(&name, &text);
+            let diags = validate(&set);
+            if diags.has_errors() {
+                failures.extend(diags.iter().map(ToString::to_string));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "samples with errors:\n{}",
+            failures.join("\n")
+        );
     }
 }
