@@ -148,6 +148,8 @@ fn sidecar_listeners(
             tls_chains: Vec::new(),
             tcp_chains: Vec::new(),
             vhost_index: Default::default(),
+            tls_index: Default::default(),
+            tcp_index: Default::default(),
         };
         let classes: BTreeSet<ListenerProtocol> =
             protos.wildcard.union(&protos.vip).copied().collect();
@@ -539,6 +541,8 @@ fn gateway_listeners(
             tls_chains: Vec::new(),
             tcp_chains: Vec::new(),
             vhost_index: Default::default(),
+            tls_index: Default::default(),
+            tcp_index: Default::default(),
         };
         let mut wire = BTreeSet::new();
         let mut seen_vhost: BTreeSet<String> = BTreeSet::new();

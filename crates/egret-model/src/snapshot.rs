@@ -156,6 +156,92 @@ pub struct Listener {
     pub tcp_chains: Vec<L4Chain>,
     #[serde(skip)]
     pub(crate) vhost_index: HostIndex<usize>,
+    #[serde(skip)]
+    pub(crate) tls_index: ChainIndex,
+    #[serde(skip)]
+    pub(crate) tcp_index: ChainIndex,
+}
+
+/// Lookup for TLS/TCP chains without scanning them all.
+///
+/// - TLS: the most specific SNI pattern (exact, then longest wildcard, as Envoy's
+///   `server_names` filter-chain match), then the first of its chains, in configuration order,
+///   whose destination subnets match.
+/// - TCP: chains whose subnets contain the exact destination address (a VIP), then chains with
+///   wider subnets, then catch-alls, each in configuration order.
+///
+/// When the indexed candidates do not match (a destination-subnet condition), lookup falls back
+/// to the ordered scan, so the index never changes an answer, only its cost.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChainIndex {
+    by_sni: HostIndex<Vec<usize>>,
+    by_ip: HashMap<IpAddr, Vec<usize>>,
+    /// Chains with subnets that are not single addresses.
+    by_subnet: Vec<usize>,
+    /// Chains with no SNI (TLS) or no subnet (TCP) condition.
+    any: Vec<usize>,
+}
+
+impl ChainIndex {
+    fn build_tls(chains: &[L4Chain]) -> ChainIndex {
+        let mut by_pattern: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut any = Vec::new();
+        for (i, c) in chains.iter().enumerate() {
+            if c.sni_hosts.is_empty() {
+                any.push(i);
+            }
+            for h in &c.sni_hosts {
+                let mut keys = vec![h.clone()];
+                // sniHosts `*.foo.com` also matches `foo.com`.
+                if c.sni_wildcard_matches_apex
+                    && let Some(apex) = h.strip_prefix("*.")
+                {
+                    keys.push(apex.to_string());
+                }
+                for k in keys {
+                    match by_pattern.iter_mut().find(|(p, _)| *p == k) {
+                        Some((_, v)) => v.push(i),
+                        None => by_pattern.push((k, vec![i])),
+                    }
+                }
+            }
+        }
+        let mut by_sni = HostIndex::new();
+        for (p, v) in by_pattern {
+            by_sni.insert(&p, v);
+        }
+        by_sni.finish();
+        ChainIndex {
+            by_sni,
+            any,
+            ..ChainIndex::default()
+        }
+    }
+
+    fn build_tcp(chains: &[L4Chain]) -> ChainIndex {
+        let mut idx = ChainIndex::default();
+        for (i, c) in chains.iter().enumerate() {
+            if c.destination_subnets.is_empty() {
+                idx.any.push(i);
+                continue;
+            }
+            let mut wide = false;
+            for n in &c.destination_subnets {
+                if n.prefix_len() == n.max_prefix_len() {
+                    let v = idx.by_ip.entry(n.addr()).or_default();
+                    if !v.contains(&i) {
+                        v.push(i);
+                    }
+                } else {
+                    wide = true;
+                }
+            }
+            if wide {
+                idx.by_subnet.push(i);
+            }
+        }
+        idx
+    }
 }
 
 impl Listener {
@@ -165,14 +251,36 @@ impl Listener {
         self.vhost_index.get(host).map(|i| &self.virtual_hosts[*i])
     }
 
-    /// The first TLS chain matching the SNI (if any) and destination address.
+    /// The TLS chain for a ClientHello's SNI (if any) and destination address: the most
+    /// specific SNI pattern's first matching chain (see [`ChainIndex`]).
     pub fn tls_chain(&self, sni: Option<&str>, dst: Option<IpAddr>) -> Option<&L4Chain> {
-        self.tls_chains.iter().find(|c| c.matches(sni, dst))
+        let idx = &self.tls_index;
+        let candidates = match sni {
+            Some(s) => idx.by_sni.get(s).map(Vec::as_slice).unwrap_or(&[]),
+            None => &[],
+        };
+        candidates
+            .iter()
+            .chain(&idx.any)
+            .map(|i| &self.tls_chains[*i])
+            .find(|c| c.matches(sni, dst))
+            .or_else(|| self.tls_chains.iter().find(|c| c.matches(sni, dst)))
     }
 
-    /// The first TCP chain matching the destination address.
+    /// The TCP chain for a destination address: exact VIP, then wider subnets, then
+    /// catch-all, each in configuration order (see [`ChainIndex`]).
     pub fn tcp_chain(&self, dst: Option<IpAddr>) -> Option<&L4Chain> {
-        self.tcp_chains.iter().find(|c| c.matches(None, dst))
+        let idx = &self.tcp_index;
+        let exact = dst
+            .and_then(|ip| idx.by_ip.get(&ip))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        exact
+            .iter()
+            .chain(&idx.by_subnet)
+            .chain(&idx.any)
+            .map(|i| &self.tcp_chains[*i])
+            .find(|c| c.matches(None, dst))
     }
 }
 
@@ -693,6 +801,8 @@ impl Snapshot {
             }
             idx.finish();
             l.vhost_index = idx;
+            l.tls_index = ChainIndex::build_tls(&l.tls_chains);
+            l.tcp_index = ChainIndex::build_tcp(&l.tcp_chains);
         }
     }
 }
