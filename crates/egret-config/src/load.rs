@@ -626,10 +626,14 @@ impl Loader {
 /// one, as `kubectl apply` of the files in order would. Said with a warning, since two files
 /// defining the same object is usually a mistake.
 fn dedupe<S>(objects: &mut Vec<Object<S>>, diags: &mut Diagnostics) {
-    let mut keep: Vec<Object<S>> = Vec::with_capacity(objects.len());
+    let mut slot: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(objects.len());
+    let mut keep: Vec<Option<Object<S>>> = Vec::with_capacity(objects.len());
     for o in objects.drain(..) {
-        if let Some(i) = keep.iter().position(|k| k.key() == o.key()) {
-            let earlier = keep.remove(i);
+        let key = o.key();
+        if let Some(&i) = slot.get(&key)
+            && let Some(earlier) = keep[i].take()
+        {
             diags.push(o.warning(
                 "metadata.name",
                 format!(
@@ -640,9 +644,10 @@ fn dedupe<S>(objects: &mut Vec<Object<S>>, diags: &mut Diagnostics) {
                 ),
             ));
         }
-        keep.push(o);
+        slot.insert(key, keep.len());
+        keep.push(Some(o));
     }
-    *objects = keep;
+    *objects = keep.into_iter().flatten().collect();
 }
 
 fn collect_yaml_files(

@@ -45,12 +45,30 @@ fn asm_prerequisite(set: &ConfigSet, d: &mut Diagnostics) {
     }
 }
 
-/// Every host any ServiceEntry declares (canonical).
-fn registry_hosts(set: &ConfigSet) -> Vec<String> {
-    set.service_entries
-        .iter()
-        .flat_map(|se| se.spec.hosts.iter().map(|h| host::canonical(h)))
-        .collect()
+/// Every host any ServiceEntry declares (canonical), for "is this host known?".
+fn registry_hosts(set: &ConfigSet) -> host::HostIndex<()> {
+    let mut idx = host::HostIndex::new();
+    for se in &set.service_entries {
+        for h in &se.spec.hosts {
+            idx.insert(&host::canonical(h), ());
+        }
+    }
+    idx
+}
+
+/// Subset names defined per DestinationRule host.
+fn subsets_by_host(set: &ConfigSet) -> host::HostMultiMap<&str> {
+    let mut m = host::HostMultiMap::new();
+    for dr in &set.destination_rules {
+        let Some(h) = &dr.spec.host else { continue };
+        let h = host::resolve_short_name(h, &dr.meta.namespace);
+        for s in &dr.spec.subsets {
+            if let Some(n) = s.name.as_deref() {
+                m.insert(&h, n);
+            }
+        }
+    }
+    m
 }
 
 /// Each destination of a VirtualService with its field path.
@@ -95,6 +113,7 @@ fn destinations(vs: &Object<VirtualService>) -> Vec<(String, &Destination)> {
 /// IST0101-style: gateways, destination hosts and subsets a VirtualService names must exist.
 fn virtual_service_references(set: &ConfigSet, d: &mut Diagnostics) {
     let hosts = registry_hosts(set);
+    let subsets = subsets_by_host(set);
     let gateways: Vec<String> = set.gateways.iter().map(|g| g.key()).collect();
     for vs in &set.virtual_services {
         let ns = &vs.meta.namespace;
@@ -144,7 +163,7 @@ fn virtual_service_references(set: &ConfigSet, d: &mut Diagnostics) {
         for (path, dest) in destinations(vs) {
             let Some(h) = &dest.host else { continue };
             let h = host::resolve_short_name(h, ns);
-            let known = hosts.iter().any(|s| s == &h || host::matches(s, &h));
+            let known = hosts.get(&h).is_some();
             if !known {
                 d.push(vs.warning(
                     &format!("{path}.host"),
@@ -154,15 +173,7 @@ fn virtual_service_references(set: &ConfigSet, d: &mut Diagnostics) {
                 ));
             }
             if let Some(subset) = dest.subset.as_deref().filter(|s| !s.is_empty()) {
-                let defined = set.destination_rules.iter().any(|dr| {
-                    dr.spec.host.as_deref().is_some_and(|dh| {
-                        host::matches(&host::resolve_short_name(dh, &dr.meta.namespace), &h)
-                    }) && dr
-                        .spec
-                        .subsets
-                        .iter()
-                        .any(|s| s.name.as_deref() == Some(subset))
-                });
+                let defined = subsets.matching(&h).any(|s| *s == subset);
                 if !defined {
                     d.push(vs.error(
                         &format!("{path}.subset"),
@@ -326,6 +337,16 @@ fn istio_mutual_without_gateway_server(set: &ConfigSet, d: &mut Diagnostics) {
 /// would send the request unencrypted. egret sidecars always use mutual TLS to the gateway,
 /// so both are warnings that say what egret does instead.
 fn gateway_leg_without_mutual_tls(set: &ConfigSet, d: &mut Diagnostics) {
+    // One sidecar view per namespace, built only where a VirtualService has a gateway leg.
+    let proxies: BTreeMap<&str, ProxyIdentity> = set
+        .virtual_services
+        .iter()
+        .map(|vs| {
+            let ns = vs.meta.namespace.as_str();
+            (ns, ProxyIdentity::sidecar(ns))
+        })
+        .collect();
+    let mut scopes: BTreeMap<&str, Scope<'_>> = BTreeMap::new();
     for vs in &set.virtual_services {
         let ns = vs.meta.namespace.as_str();
         let top = resolve_gateways(&vs.spec.gateways, ns);
@@ -344,8 +365,10 @@ fn gateway_leg_without_mutual_tls(set: &ConfigSet, d: &mut Diagnostics) {
             continue;
         }
         // A client in the VirtualService's namespace resolves DestinationRules as a sidecar there.
-        let proxy = ProxyIdentity::sidecar(ns);
-        let scope = Scope::new(set, &proxy);
+        let Some(proxy) = proxies.get(ns) else {
+            continue;
+        };
+        let scope = scopes.entry(ns).or_insert_with(|| Scope::new(set, proxy));
         for (i, r) in vs.spec.http.iter().enumerate() {
             let mesh_leg = if r.matches.is_empty() {
                 top.iter().any(|g| g == "mesh")
@@ -393,7 +416,7 @@ fn gateway_leg_without_mutual_tls(set: &ConfigSet, d: &mut Diagnostics) {
                 let Ok(port16) = u16::try_from(port) else {
                     continue;
                 };
-                let cluster = crate::clusters::build(&scope, &h, port16, dest.subset.as_deref());
+                let cluster = crate::clusters::build(scope, &h, port16, dest.subset.as_deref());
                 // What the configuration asks for, not egret's automatic upgrade.
                 let mutual = cluster.policy.tls.mode == ClientTlsMode::IstioMutual
                     && !cluster.policy.tls.auto_mtls;

@@ -70,11 +70,14 @@ pub fn find_destination_rule<'a>(
     let proxy_ns = scope.proxy.namespace.as_str();
     let defaults = &scope.set.mesh.default_destination_rule_export_to;
     let candidates = |ns: &str| -> Vec<&'a Object<DestinationRule>> {
-        scope
-            .set
-            .destination_rules
-            .iter()
-            .filter(|dr| dr.meta.namespace == ns)
+        let Some(by_host) = scope.destination_rules.get(ns) else {
+            return Vec::new();
+        };
+        let mut idx: Vec<usize> = by_host.matching(host).copied().collect();
+        // Load order decides ties, as before the index.
+        idx.sort_unstable();
+        idx.into_iter()
+            .map(|i| &scope.set.destination_rules[i])
             .filter(|dr| exported_to(&dr.spec.export_to, defaults, &dr.meta.namespace, proxy_ns))
             .filter(|dr| match &dr.spec.workload_selector {
                 None => true,

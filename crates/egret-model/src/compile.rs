@@ -218,7 +218,8 @@ fn sidecar_vhosts(
     refs: &mut Vec<ClusterRef>,
 ) -> Vec<VirtualHost> {
     let mut vhosts = Vec::new();
-    let mut covered: Vec<String> = Vec::new();
+    // Hosts that already have a virtual host; a service inside one of them needs no other.
+    let mut covered: host::HostIndex<()> = host::HostIndex::new();
     for vs in vss {
         if vs.spec.http.is_empty() {
             continue;
@@ -244,7 +245,9 @@ fn sidecar_vhosts(
             continue;
         }
         refs.extend(local_refs);
-        covered.extend(hosts.iter().cloned());
+        for h in &hosts {
+            covered.insert(h, ());
+        }
         vhosts.push(VirtualHost {
             name: format!("{}:{port}", hosts.join(",")),
             domains: hosts,
@@ -257,10 +260,10 @@ fn sidecar_vhosts(
         if !(sp.proto.is_http() || sp.proto == Proto::Unknown) {
             continue;
         }
-        if covered.iter().any(|c| host::matches(c, &s.host)) {
+        if covered.get(&s.host).is_some() {
             continue;
         }
-        covered.push(s.host.clone());
+        covered.insert(&s.host, ());
         refs.push((s.host.clone(), port, None));
         vhosts.push(VirtualHost {
             name: format!("{}:{port}", s.host),

@@ -111,13 +111,14 @@ pub fn validate_dns_name(host: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Lookup from a concrete name to the value of the most specific matching host: exact names in
-/// a hash map, wildcard suffixes tried from the longest. Built once at compile time.
+/// Lookup from a name to the value of the most specific matching host: exact names, then
+/// wildcards from the longest suffix, then `*`. Built once at compile time; a lookup hashes
+/// at most one key per label of the name, however many hosts are indexed.
 #[derive(Debug, Clone, Default)]
 pub struct HostIndex<T> {
     exact: HashMap<String, T>,
-    /// ("foo.com" for "*.foo.com", value), longest suffix first.
-    wildcards: Vec<(String, T)>,
+    /// "foo.com" for "*.foo.com".
+    wildcards: HashMap<String, T>,
     any: Option<T>,
 }
 
@@ -125,7 +126,7 @@ impl<T: Clone> HostIndex<T> {
     pub fn new() -> Self {
         HostIndex {
             exact: HashMap::new(),
-            wildcards: Vec::new(),
+            wildcards: HashMap::new(),
             any: None,
         }
     }
@@ -137,30 +138,37 @@ impl<T: Clone> HostIndex<T> {
                 self.any = Some(value);
             }
         } else if let Some(suffix) = host.strip_prefix("*.") {
-            if !self.wildcards.iter().any(|(s, _)| s == suffix) {
-                self.wildcards.push((suffix.to_string(), value));
-            }
+            self.wildcards.entry(suffix.to_string()).or_insert(value);
         } else {
             self.exact.entry(host.to_string()).or_insert(value);
         }
     }
 
-    /// Call after the last insert.
-    pub fn finish(&mut self) {
-        // Stable: equal lengths keep insertion order.
-        self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-    }
+    /// Kept for callers that build in two phases; lookups need no preparation.
+    pub fn finish(&mut self) {}
 
-    /// The most specific match for a canonical concrete name.
+    /// The most specific match for a canonical name. A wildcard name (`*.a.foo.com`) matches
+    /// itself exactly, then wider wildcards (`*.foo.com`).
     pub fn get(&self, name: &str) -> Option<&T> {
-        if let Some(v) = self.exact.get(name) {
-            return Some(v);
-        }
-        for (suffix, v) in &self.wildcards {
-            if name.len() > suffix.len()
-                && name.ends_with(suffix.as_str())
-                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-            {
+        let body = match name.strip_prefix("*.") {
+            Some(b) => {
+                if let Some(v) = self.wildcards.get(b) {
+                    return Some(v);
+                }
+                b
+            }
+            None => {
+                if let Some(v) = self.exact.get(name) {
+                    return Some(v);
+                }
+                name
+            }
+        };
+        // Strip one label at a time: the first hit is the longest suffix.
+        let mut rest = body;
+        while let Some(i) = rest.find('.') {
+            rest = &rest[i + 1..];
+            if let Some(v) = self.wildcards.get(rest) {
                 return Some(v);
             }
         }
@@ -169,6 +177,45 @@ impl<T: Clone> HostIndex<T> {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcards.is_empty() && self.any.is_none()
+    }
+}
+
+/// Every value whose host pattern matches a name (not only the most specific): for
+/// "which DestinationRules could apply to this host". One hash lookup per label of the name.
+#[derive(Debug, Clone, Default)]
+pub struct HostMultiMap<T> {
+    by_pattern: HashMap<String, Vec<T>>,
+}
+
+impl<T> HostMultiMap<T> {
+    pub fn new() -> Self {
+        HostMultiMap {
+            by_pattern: HashMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, pattern: &str, value: T) {
+        self.by_pattern
+            .entry(pattern.to_string())
+            .or_default()
+            .push(value);
+    }
+
+    /// Values of patterns matching `name` (see [`matches`]): the name itself, wildcards over
+    /// each proper suffix, then `*`. A wildcard name also finds patterns equal to it.
+    pub fn matching<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s T> + 's {
+        let mut keys = vec![name.to_string()];
+        let body = name.strip_prefix("*.").unwrap_or(name);
+        let mut rest = body;
+        while let Some(i) = rest.find('.') {
+            rest = &rest[i + 1..];
+            keys.push(format!("*.{rest}"));
+        }
+        keys.push("*".to_string());
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(move |k| self.by_pattern.get(&k))
+            .flatten()
     }
 }
 
@@ -214,6 +261,21 @@ mod tests {
         assert_eq!(idx.get("bar.com"), Some(&1));
         assert_eq!(idx.get("foo.com"), Some(&1));
         assert_eq!(idx.get("com"), None);
+    }
+
+    #[test]
+    fn multimap_finds_every_matching_pattern() {
+        let mut m = HostMultiMap::new();
+        m.insert("a.foo.com", 1);
+        m.insert("*.foo.com", 2);
+        m.insert("*", 3);
+        m.insert("*.a.foo.com", 4);
+        let mut got: Vec<_> = m.matching("a.foo.com").copied().collect();
+        got.sort();
+        assert_eq!(got, vec![1, 2, 3]);
+        let mut got: Vec<_> = m.matching("*.a.foo.com").copied().collect();
+        got.sort();
+        assert_eq!(got, vec![2, 3, 4]);
     }
 
     #[test]

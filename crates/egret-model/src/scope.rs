@@ -131,6 +131,11 @@ pub struct Scope<'a> {
     pub services: Vec<Service<'a>>,
     /// host -> index into `services` (first visible wins; the proxy's own namespace first).
     pub by_host: HostIndex<usize>,
+    /// literal host (wildcards as written) -> every service with it.
+    all_by_host: std::collections::HashMap<String, Vec<usize>>,
+    /// namespace -> DestinationRules there by host (short names expanded), as indexes into
+    /// `set.destination_rules`.
+    pub destination_rules: std::collections::HashMap<String, host::HostMultiMap<usize>>,
 }
 
 impl<'a> Scope<'a> {
@@ -151,8 +156,19 @@ impl<'a> Scope<'a> {
             sidecar,
             services: Vec::new(),
             by_host: HostIndex::new(),
+            all_by_host: Default::default(),
+            destination_rules: Default::default(),
         };
         scope.collect_services();
+        for (i, dr) in set.destination_rules.iter().enumerate() {
+            if let Some(h) = &dr.spec.host {
+                scope
+                    .destination_rules
+                    .entry(dr.meta.namespace.clone())
+                    .or_default()
+                    .insert(&host::resolve_short_name(h, &dr.meta.namespace), i);
+            }
+        }
         scope
     }
 
@@ -223,27 +239,47 @@ impl<'a> Scope<'a> {
                 }
                 let svc = service_of(se, h.clone());
                 self.by_host.insert(&h, self.services.len());
+                self.all_by_host
+                    .entry(h.clone())
+                    .or_default()
+                    .push(self.services.len());
                 self.services.push(svc);
             }
         }
         self.by_host.finish();
     }
 
-    /// The visible service for a concrete or wildcard host, if any.
+    /// The visible service for a concrete or wildcard host, if any (most specific match).
     pub fn service(&self, host: &str) -> Option<&Service<'a>> {
-        if let Some(i) = self.by_host.get(host) {
-            return Some(&self.services[*i]);
-        }
-        // A wildcard destination (`*.foo.com`) names a wildcard service exactly.
-        self.services.iter().find(|s| s.host == host)
+        self.by_host.get(host).map(|i| &self.services[*i])
     }
 
-    /// Services whose host falls within `pattern` (a VirtualService host).
+    /// Services whose host falls within `pattern` (a VirtualService host), or whose wildcard
+    /// host contains it. A concrete pattern costs one hash lookup per label; a wildcard
+    /// pattern scans the services (rare: VirtualService hosts are mostly concrete names).
     pub fn services_matching(&self, pattern: &str) -> Vec<&Service<'a>> {
-        self.services
-            .iter()
-            .filter(|s| host::matches(pattern, &s.host) || host::matches(&s.host, pattern))
-            .collect()
+        if host::is_wildcard(pattern) {
+            return self
+                .services
+                .iter()
+                .filter(|s| host::matches(pattern, &s.host) || host::matches(&s.host, pattern))
+                .collect();
+        }
+        let mut idx: Vec<usize> = self.all_by_host.get(pattern).cloned().unwrap_or_default();
+        // Wildcard services containing the name: `*.<suffix>` for each proper suffix, then `*`.
+        let mut rest = pattern;
+        while let Some(i) = rest.find('.') {
+            rest = &rest[i + 1..];
+            if let Some(v) = self.all_by_host.get(&format!("*.{rest}")) {
+                idx.extend(v);
+            }
+        }
+        if let Some(v) = self.all_by_host.get("*") {
+            idx.extend(v);
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| &self.services[i]).collect()
     }
 
     /// WorkloadEntries selected by a MESH_INTERNAL ServiceEntry's `workloadSelector`.
