@@ -73,9 +73,28 @@ pub fn build(set: &ConfigSet, proxy: &ProxyIdentity, generated: Vec<String>) -> 
     snap
 }
 
+/// SHA-256 of the snapshot's JSON (version left empty), streamed into the hasher: equal
+/// snapshots get equal versions however they were written, so a proxy can skip a reload that
+/// changes nothing.
 fn content_version(s: &Snapshot) -> String {
-    let json = serde_json::to_vec(s).unwrap_or_default();
-    let digest = Sha256::digest(&json);
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(Sha256::new()));
+    // Writing to a hasher cannot fail; a serialization error would leave a partial hash,
+    // which is still deterministic.
+    let _ = serde_json::to_writer(&mut w, s);
+    let digest = match w.into_inner() {
+        Ok(h) => h.0.finalize(),
+        Err(_) => Sha256::digest(b""),
+    };
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -184,7 +184,7 @@ pub(crate) struct ChainIndex {
 
 impl ChainIndex {
     fn build_tls(chains: &[L4Chain]) -> ChainIndex {
-        let mut by_pattern: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut by_pattern: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any = Vec::new();
         for (i, c) in chains.iter().enumerate() {
             if c.sni_hosts.is_empty() {
@@ -199,9 +199,9 @@ impl ChainIndex {
                     keys.push(apex.to_string());
                 }
                 for k in keys {
-                    match by_pattern.iter_mut().find(|(p, _)| *p == k) {
-                        Some((_, v)) => v.push(i),
-                        None => by_pattern.push((k, vec![i])),
+                    let v = by_pattern.entry(k).or_default();
+                    if v.last() != Some(&i) {
+                        v.push(i);
                     }
                 }
             }
