@@ -194,6 +194,7 @@ fn conflicting_service_entries(set: &ConfigSet, d: &mut Diagnostics) {
     // host -> [(port number, name, protocol, se key)]
     let mut seen: BTreeMap<String, Vec<(u32, String, Proto, String)>> = BTreeMap::new();
     for se in &set.service_entries {
+        let key = se.key();
         for h in &se.spec.hosts {
             let h = host::canonical(h);
             let entries = seen.entry(h.clone()).or_default();
@@ -203,7 +204,7 @@ fn conflicting_service_entries(set: &ConfigSet, d: &mut Diagnostics) {
                 };
                 let proto = Proto::parse(p.protocol.as_deref());
                 for (n2, name2, proto2, other) in entries.iter() {
-                    if other == &se.key() {
+                    if *other == key {
                         continue;
                     }
                     if *n2 == num && *proto2 != proto {
@@ -231,7 +232,7 @@ fn conflicting_service_entries(set: &ConfigSet, d: &mut Diagnostics) {
                         num,
                         p.name.clone().unwrap_or_default(),
                         Proto::parse(p.protocol.as_deref()),
-                        se.key(),
+                        key.clone(),
                     ));
                 }
             }
