@@ -126,6 +126,16 @@ fn bound_virtual_services<'a>(scope: &Scope<'a>, b: &Binding) -> Vec<&'a Object<
         .collect()
 }
 
+/// All traffic to one cluster.
+fn to_cluster(cluster: String) -> Vec<WeightedCluster> {
+    vec![WeightedCluster {
+        cluster,
+        weight: 100,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+    }]
+}
+
 // ===== Sidecar =====
 
 /// Sidecar listeners: one per port that carries a visible service (or that a mesh-bound
@@ -290,12 +300,7 @@ fn sidecar_vhosts(
             routes: vec![HttpRoute {
                 name: "default".into(),
                 matches: Vec::new(),
-                action: RouteAction::Route(vec![WeightedCluster {
-                    cluster: cluster_name(port, None, &s.host),
-                    weight: 100,
-                    request_headers: HeaderOps::default(),
-                    response_headers: HeaderOps::default(),
-                }]),
+                action: RouteAction::Route(to_cluster(cluster_name(port, None, &s.host))),
                 rewrite: None,
                 timeout: None,
                 retries: default_retry.clone(),
@@ -330,16 +335,7 @@ fn sidecar_tls_chains(
                 {
                     continue;
                 }
-                if !routes::match_applies(
-                    vs,
-                    &m.gateways,
-                    &m.source_labels,
-                    m.source_namespace.as_deref(),
-                    m.port,
-                    &Binding::Mesh,
-                    scope.proxy,
-                    Some(port),
-                ) {
+                if !routes::match_applies(vs, m, &Binding::Mesh, scope.proxy, Some(port)) {
                     continue;
                 }
                 let route = routes::l4_route(&r.route, &ctx, refs);
@@ -381,12 +377,7 @@ fn sidecar_tls_chains(
             sni_wildcard_matches_apex: false,
             sni_hosts: vec![s.host.clone()],
             destination_subnets: s.addresses.clone(),
-            route: vec![WeightedCluster {
-                cluster: cluster_name(port, None, &s.host),
-                weight: 100,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
-            }],
+            route: to_cluster(cluster_name(port, None, &s.host)),
         });
     }
     defaults.sort_by_key(|c| {
@@ -433,16 +424,7 @@ fn sidecar_tcp_chains(
                     Some(m) => {
                         (m.port.is_some()
                             || vs_applies_on_port(scope, &hosts, port, ListenerProtocol::Tcp))
-                            && routes::match_applies(
-                                vs,
-                                &m.gateways,
-                                &m.source_labels,
-                                m.source_namespace.as_deref(),
-                                m.port,
-                                &Binding::Mesh,
-                                scope.proxy,
-                                Some(port),
-                            )
+                            && routes::match_applies(vs, m, &Binding::Mesh, scope.proxy, Some(port))
                     }
                 };
                 if !applies {
@@ -491,12 +473,7 @@ fn sidecar_tcp_chains(
             sni_wildcard_matches_apex: false,
             sni_hosts: Vec::new(),
             destination_subnets: s.addresses.clone(),
-            route: vec![WeightedCluster {
-                cluster: cluster_name(port, None, &s.host),
-                weight: 100,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
-            }],
+            route: to_cluster(cluster_name(port, None, &s.host)),
         };
         if s.addresses.is_empty() {
             if catch_all.is_none() && sp.proto != Proto::Unknown {
@@ -674,16 +651,7 @@ fn gateway_listeners(
                     ListenerProtocol::Tls => {
                         for (ri, r) in vs.spec.tls.iter().enumerate() {
                             for m in &r.matches {
-                                if !routes::match_applies(
-                                    vs,
-                                    &m.gateways,
-                                    &m.source_labels,
-                                    m.source_namespace.as_deref(),
-                                    m.port,
-                                    &binding,
-                                    proxy,
-                                    Some(port),
-                                ) {
+                                if !routes::match_applies(vs, m, &binding, proxy, Some(port)) {
                                     continue;
                                 }
                                 let route = routes::l4_route(&r.route, &vctx, refs);
@@ -712,16 +680,7 @@ fn gateway_listeners(
                         for (ri, r) in vs.spec.tcp.iter().enumerate() {
                             let applies = r.matches.is_empty()
                                 || r.matches.iter().any(|m| {
-                                    routes::match_applies(
-                                        vs,
-                                        &m.gateways,
-                                        &m.source_labels,
-                                        m.source_namespace.as_deref(),
-                                        m.port,
-                                        &binding,
-                                        proxy,
-                                        Some(port),
-                                    )
+                                    routes::match_applies(vs, m, &binding, proxy, Some(port))
                                 });
                             if !applies {
                                 continue;

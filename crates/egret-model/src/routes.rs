@@ -78,28 +78,56 @@ pub fn vs_binds(vs: &Object<VirtualService>, b: &Binding) -> bool {
             .any(|m| any_match(&m.gateways))
 }
 
-/// Does a match (with its own `gateways`, `sourceLabels`, `sourceNamespace`, `port`) apply to
-/// this proxy, binding and port? `port` = None means "any port".
-#[allow(clippy::too_many_arguments)]
+/// The parts of an HTTP, TLS or TCP match that decide whether it applies to a proxy:
+/// its own `gateways`, `sourceLabels`, `sourceNamespace` and `port`.
+pub trait MatchScope {
+    fn gateways(&self) -> &[String];
+    fn source_labels(&self) -> &std::collections::BTreeMap<String, String>;
+    fn source_namespace(&self) -> Option<&str>;
+    fn port(&self) -> Option<u32>;
+}
+
+macro_rules! match_scope {
+    ($t:ty) => {
+        impl MatchScope for $t {
+            fn gateways(&self) -> &[String] {
+                &self.gateways
+            }
+            fn source_labels(&self) -> &std::collections::BTreeMap<String, String> {
+                &self.source_labels
+            }
+            fn source_namespace(&self) -> Option<&str> {
+                self.source_namespace.as_deref()
+            }
+            fn port(&self) -> Option<u32> {
+                self.port
+            }
+        }
+    };
+}
+match_scope!(HttpMatchRequest);
+match_scope!(egret_config::types::TlsMatchAttributes);
+match_scope!(egret_config::types::L4MatchAttributes);
+
+/// Does a match apply to this proxy, binding and listener port? Its `gateways` (else the
+/// VirtualService's) must include the binding; `sourceLabels` / `sourceNamespace` are
+/// config-time selectors of the client workload; `port` = None means "any port".
 pub fn match_applies(
     vs: &Object<VirtualService>,
-    gateways: &[String],
-    source_labels: &std::collections::BTreeMap<String, String>,
-    source_ns: Option<&str>,
-    match_port: Option<u32>,
+    m: &impl MatchScope,
     b: &Binding,
     proxy: &ProxyIdentity,
     port: Option<u16>,
 ) -> bool {
-    let gws = if gateways.is_empty() {
+    let gws = if m.gateways().is_empty() {
         resolve_gateways(&vs.spec.gateways, &vs.meta.namespace)
     } else {
-        resolve_gateways(gateways, &vs.meta.namespace)
+        resolve_gateways(m.gateways(), &vs.meta.namespace)
     };
     binds(&gws, b)
-        && proxy.selected_by(source_labels)
-        && source_ns.is_none_or(|ns| ns == proxy.namespace)
-        && match (match_port, port) {
+        && proxy.selected_by(m.source_labels())
+        && m.source_namespace().is_none_or(|ns| ns == proxy.namespace)
+        && match (m.port(), port) {
             (Some(mp), Some(p)) => mp == u32::from(p),
             _ => true,
         }
@@ -170,18 +198,7 @@ pub fn http_routes(
             let applicable: Vec<&HttpMatchRequest> = r
                 .matches
                 .iter()
-                .filter(|m| {
-                    match_applies(
-                        vs,
-                        &m.gateways,
-                        &m.source_labels,
-                        m.source_namespace.as_deref(),
-                        m.port,
-                        b,
-                        proxy,
-                        port,
-                    )
-                })
+                .filter(|m| match_applies(vs, *m, b, proxy, port))
                 .collect();
             if applicable.is_empty() {
                 continue;
