@@ -1,0 +1,1 @@
+//! egret-proxy: the data plane.

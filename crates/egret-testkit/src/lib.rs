@@ -1,0 +1,1 @@
+//! egret-testkit: test-only helpers.
