@@ -8,6 +8,7 @@ use egret_config::{ConfigSet, Diagnostics, LoadOptions, Loader, Severity};
 use egret_model::{ProxyIdentity, Role};
 
 mod output;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,8 @@ enum Command {
         #[arg(long)]
         notes: bool,
     },
+    /// Run the sidecar proxy in standalone mode: compile PATH itself, watch it, serve.
+    Sidecar(run::SidecarArgs),
     /// Compile the configuration for one proxy and print its snapshot.
     Compile {
         #[arg(long, value_parser = parse_role)]
@@ -69,6 +72,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Sidecar(args) => run::sidecar(args),
         Command::Validate {
             paths,
             mesh_config,

@@ -1,0 +1,188 @@
+//! Where snapshots come from (standalone mode): the configuration path, compiled by the same
+//! `egret-model` the CLI uses, watched for changes.
+//!
+//! A change is compiled off the data path (`spawn_blocking`). If it has errors, the
+//! diagnostics are logged, `egret_config_rejected` counts it, and the last good snapshot keeps
+//! serving. Otherwise the new [`Runtime`] is swapped in: new connections and requests use it,
+//! established connections keep the one they started with.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use egret_config::{LoadOptions, Loader};
+use egret_model::{ProxyIdentity, Snapshot};
+use rustls::ClientConfig;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::tls::{self, CredentialStore};
+
+/// A snapshot plus what the data plane derives from it once: TLS client configurations and
+/// load-balancing state per cluster.
+pub struct Runtime {
+    pub snapshot: Arc<Snapshot>,
+    pub clusters: HashMap<String, ClusterRuntime>,
+}
+
+#[derive(Default)]
+pub struct ClusterRuntime {
+    /// TLS origination, when the cluster's DestinationRule asks for SIMPLE or MUTUAL.
+    pub tls: Option<Arc<ClientConfig>>,
+    /// Round-robin position.
+    pub next: AtomicUsize,
+}
+
+impl Runtime {
+    /// Build the per-cluster state. Fails if a certificate or key file named by the
+    /// configuration cannot be used: such a snapshot is rejected like a config error.
+    pub fn new(snapshot: Snapshot, creds: &CredentialStore) -> Result<Runtime, Vec<String>> {
+        let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+        let mut errors = Vec::new();
+        for c in &snapshot.clusters {
+            let tls = match tls::client_config(&c.policy.tls, creds) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("cluster {}: tls: {e}", c.name));
+                    None
+                }
+            };
+            if c.policy.tls.verify == egret_model::snapshot::Verify::InsecureSkip {
+                warn!(cluster = %c.name, "insecureSkipVerify: the upstream certificate is not verified");
+            }
+            clusters.insert(
+                c.name.clone(),
+                ClusterRuntime {
+                    tls,
+                    next: AtomicUsize::new(0),
+                },
+            );
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Runtime {
+            snapshot: Arc::new(snapshot),
+            clusters,
+        })
+    }
+}
+
+/// What a proxy is configured from.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub paths: Vec<PathBuf>,
+    pub mesh_config: Option<PathBuf>,
+    pub proxy: ProxyIdentity,
+    pub credentials: CredentialStore,
+    /// How often the files are checked for changes.
+    pub poll: Duration,
+}
+
+/// Load and compile once. `Err` carries the messages to log (diagnostics or file errors).
+pub fn load(cfg: &SourceConfig) -> Result<Runtime, Vec<String>> {
+    let mut l = Loader::new(LoadOptions::default());
+    for p in &cfg.paths {
+        l.add_path(p).map_err(|e| vec![e.to_string()])?;
+    }
+    if let Some(m) = &cfg.mesh_config {
+        l.add_mesh_config_file(m).map_err(|e| vec![e.to_string()])?;
+    }
+    let (set, mut diags) = l.finish();
+    let (snapshot, more) = egret_model::compile(&set, &cfg.proxy);
+    diags.extend(more);
+    for d in diags.iter().filter(|d| !d.is_error()) {
+        if d.severity == egret_config::Severity::Warning {
+            warn!(target: "config", "{d}");
+        }
+    }
+    if diags.has_errors() {
+        return Err(diags.errors().map(|d| d.to_string()).collect());
+    }
+    Runtime::new(snapshot, &cfg.credentials)
+}
+
+/// A cheap fingerprint of the configuration files: their paths and contents.
+pub fn fingerprint(cfg: &SourceConfig) -> u64 {
+    let mut files = Vec::new();
+    for p in cfg.paths.iter().chain(cfg.mesh_config.iter()) {
+        collect(p, &mut files);
+    }
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        match std::fs::read(&f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+fn collect(p: &std::path::Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                collect(&e.path(), out);
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+}
+
+/// Watch the files; swap in each new valid snapshot. Runs until the task is dropped.
+pub async fn watch(cfg: SourceConfig, state: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) {
+    let mut last = fingerprint(&cfg);
+    let mut rejected_at: Option<u64> = None;
+    loop {
+        tokio::time::sleep(cfg.poll).await;
+        let c = cfg.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&c)).await else {
+            continue;
+        };
+        if now == last || rejected_at == Some(now) {
+            continue;
+        }
+        let c = cfg.clone();
+        let Ok(result) = tokio::task::spawn_blocking(move || load(&c)).await else {
+            continue;
+        };
+        match result {
+            Ok(rt) => {
+                let version = rt.snapshot.version.clone();
+                if version == state.load().snapshot.version {
+                    info!(target: "config", %version, "configuration changed on disk; snapshot unchanged");
+                } else {
+                    state.store(Arc::new(rt));
+                    metrics.config_loaded.inc();
+                    info!(target: "config", %version, "configuration reloaded");
+                }
+                last = now;
+                rejected_at = None;
+            }
+            Err(errors) => {
+                metrics.config_rejected.inc();
+                for e in &errors {
+                    warn!(target: "config", "{e}");
+                }
+                warn!(
+                    target: "config",
+                    errors = errors.len(),
+                    version = %state.load().snapshot.version,
+                    "configuration rejected; the last good snapshot keeps serving"
+                );
+                rejected_at = Some(now);
+            }
+        }
+    }
+}

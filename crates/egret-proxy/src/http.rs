@@ -1,0 +1,747 @@
+//! The HTTP request path: Host -> virtual host -> first matching route -> action.
+//!
+//! Istio semantics (`istio-egress-spec.md` §3, §5): VirtualService routes are first-match; a
+//! Host with no virtual host follows the outbound traffic policy (ALLOW_ANY: pass through to
+//! where the application was going; REGISTRY_ONLY: 502 from the `block_all` route); a virtual
+//! host whose routes do not match answers 404 (`NR`); a route timeout answers 504 (`UT`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use egret_model::snapshot::{
+    Cluster, HeaderOps, HttpMatch, HttpRoute, OutboundMode, RouteAction, StrMatch, WeightedCluster,
+    BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
+};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::proxy::{ConnInfo, Mode, Proxy};
+use crate::upstream::{ReqBody, UpstreamError};
+
+pub type RespBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A response egret makes itself.
+pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// What happened to one request, for the access log and counters.
+struct Outcome {
+    status: u16,
+    flags: &'static str,
+    details: &'static str,
+    cluster: String,
+    upstream: Option<SocketAddr>,
+    route: String,
+}
+
+/// Serve one request on a connection. Never fails: every problem is a response.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let version = req.version();
+    let (resp, out, authority) = route_and_forward(&proxy, &conn, req).await;
+    proxy.metrics.request(match out.flags {
+        "-" => match out.details {
+            "direct_response" => "direct_response",
+            "redirect" => "redirect",
+            "passthrough" => "passthrough",
+            _ => "routed",
+        },
+        "NR" if out.cluster == BLACKHOLE_CLUSTER => "blackhole",
+        "NR" => "no_route",
+        "UT" => "timeout",
+        "DPE" => "bad_request",
+        _ => "upstream_error",
+    });
+    tracing::info!(
+        target: "access",
+        "\"{method} {path} {version:?}\" {} {} {} \"{authority}\" \"{}\" {} {} {}ms {}",
+        out.status,
+        out.flags,
+        out.details,
+        out.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        out.cluster,
+        conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        start.elapsed().as_millis(),
+        out.route,
+    );
+    Ok(resp)
+}
+
+/// The request's authority: the absolute-form URI's (explicit proxy, HTTP/2 `:authority`),
+/// else the Host header.
+fn authority_of(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `Host[:port]` -> (canonical host, port). IPv6 literals keep their brackets off.
+pub fn split_authority(a: &str) -> (String, Option<u16>) {
+    let a = a.rsplit('@').next().unwrap_or(a);
+    let (h, p) = if let Some(rest) = a.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (rest, None),
+        }
+    } else {
+        match a.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+            _ => (a, None),
+        }
+    };
+    let h = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+    (h, p)
+}
+
+async fn route_and_forward(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> (Response<RespBody>, Outcome, String) {
+    let mut out = Outcome {
+        status: 0,
+        flags: "-",
+        details: "-",
+        cluster: "-".into(),
+        upstream: None,
+        route: "-".into(),
+    };
+    let Some(authority) = authority_of(&req) else {
+        out.status = 400;
+        out.flags = "DPE";
+        out.details = "missing_host";
+        return (
+            local(StatusCode::BAD_REQUEST, "missing Host\n"),
+            out,
+            "-".into(),
+        );
+    };
+    let (host, auth_port) = split_authority(&authority);
+    // Which port the request is for: where it was captured, else the URI/Host port.
+    let port = match (conn.mode, conn.orig_dst) {
+        (Mode::Captured, Some(dst)) => dst.port(),
+        _ => auth_port.unwrap_or(conn.default_port),
+    };
+    let rt = proxy.state.load_full();
+    let snap = &rt.snapshot;
+    let vhost = snap.listener(port).and_then(|l| l.virtual_host(&host));
+    let Some(vhost) = vhost else {
+        return outbound_policy(proxy, conn, req, &host, port, out, authority).await;
+    };
+    // First matching route wins.
+    let Some((route, matched)) = vhost
+        .routes
+        .iter()
+        .find_map(|r| route_matches(r, &req, port).map(|m| (r, m)))
+    else {
+        out.status = 404;
+        out.flags = "NR";
+        out.details = "route_not_found";
+        return (local(StatusCode::NOT_FOUND, ""), out, authority);
+    };
+    out.route = route.name.clone();
+    match &route.action {
+        RouteAction::DirectResponse { status, body } => {
+            out.status = *status;
+            out.details = "direct_response";
+            let s = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let mut r = local(s, body.clone().unwrap_or_default());
+            apply_headers(r.headers_mut(), &route.response_headers);
+            (r, out, authority)
+        }
+        RouteAction::Redirect(rd) => {
+            let scheme = rd.scheme.clone().unwrap_or_else(|| "http".into());
+            let host_part = rd.authority.clone().unwrap_or_else(|| host.clone());
+            let default_port = if scheme == "https" { 443 } else { 80 };
+            let port_part = match (rd.port, rd.derive_port_from_request) {
+                (Some(p), _) => Some(p),
+                (None, true) => Some(port),
+                (None, false) => None,
+            }
+            .filter(|p| *p != default_port)
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+            let path = rd
+                .uri
+                .clone()
+                .unwrap_or_else(|| req.uri().path().to_string());
+            let location = format!("{scheme}://{host_part}{port_part}{path}");
+            out.status = rd.code;
+            out.details = "redirect";
+            let mut r = local(
+                StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                "",
+            );
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            (r, out, authority)
+        }
+        RouteAction::Route(dests) => {
+            let Some(dest) = pick_weighted(dests) else {
+                out.status = 503;
+                out.flags = "UH";
+                return (local(StatusCode::SERVICE_UNAVAILABLE, "no destination\n"), out, authority);
+            };
+            let Some(cluster) = snap.cluster(&dest.cluster) else {
+                out.status = 503;
+                out.flags = "NC";
+                out.cluster = dest.cluster.clone();
+                return (local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"), out, authority);
+            };
+            out.cluster = cluster.name.clone();
+            let req = rewrite(req, route, matched, &host, &authority);
+            let (resp, o) =
+                forward(proxy, conn, &rt, cluster, route, dest, req, &host, out).await;
+            (resp, o, authority)
+        }
+    }
+}
+
+/// ALLOW_ANY: pass the request through to where it was going (`PassthroughCluster`, no
+/// timeout). REGISTRY_ONLY: 502, Istio's `block_all` direct response.
+async fn outbound_policy(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    req: Request<Incoming>,
+    host: &str,
+    port: u16,
+    mut out: Outcome,
+    authority: String,
+) -> (Response<RespBody>, Outcome, String) {
+    let rt = proxy.state.load_full();
+    let mode = proxy.outbound_mode(&rt);
+    if mode == OutboundMode::RegistryOnly {
+        out.status = 502;
+        out.flags = "NR";
+        out.details = "registry_only";
+        out.cluster = BLACKHOLE_CLUSTER.into();
+        tracing::warn!(target: "policy", host, port, dst = ?conn.orig_dst, "REGISTRY_ONLY: no service for this host, answered 502");
+        return (local(StatusCode::BAD_GATEWAY, ""), out, authority);
+    }
+    out.cluster = PASSTHROUGH_CLUSTER.into();
+    out.details = "passthrough";
+    let addr = match (conn.mode, conn.orig_dst) {
+        (Mode::Captured, Some(dst)) => dst,
+        _ => match proxy.upstreams.resolve(host).await {
+            Ok(ips) => SocketAddr::new(ips[0], port),
+            Err(e) => return upstream_failed(e, out, authority),
+        },
+    };
+    if proxy.is_self(addr) {
+        out.status = 502;
+        out.flags = "UF";
+        out.details = "loop";
+        return (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out, authority);
+    }
+    tracing::info!(target: "policy", host, %addr, "ALLOW_ANY: passthrough");
+    let req = strip_hop_by_hop(req, &authority);
+    let (sender, returner) = match proxy
+        .upstreams
+        .http1(addr, Duration::from_secs(10), None)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return upstream_failed(e, out, authority),
+    };
+    out.upstream = Some(addr);
+    match exchange(proxy, addr, sender, returner, req, None).await {
+        Ok(r) => {
+            out.status = r.status().as_u16();
+            (r, out, authority)
+        }
+        Err(SendError::Upstream(e)) => upstream_failed(e, out, authority),
+        Err(_) => {
+            out.status = 503;
+            out.flags = "UC";
+            (local(StatusCode::SERVICE_UNAVAILABLE, "upstream reset\n"), out, authority)
+        }
+    }
+}
+
+fn upstream_failed(
+    e: UpstreamError,
+    mut out: Outcome,
+    authority: String,
+) -> (Response<RespBody>, Outcome, String) {
+    out.status = 503;
+    out.flags = e.response_flag();
+    out.details = "upstream_connect_failure";
+    tracing::warn!(target: "upstream", "{e}");
+    (
+        local(StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error: {e}\n")),
+        out,
+        authority,
+    )
+}
+
+/// Weighted choice among destinations (weights are relative shares).
+fn pick_weighted(dests: &[WeightedCluster]) -> Option<&WeightedCluster> {
+    match dests {
+        [] => None,
+        [one] => Some(one),
+        _ => {
+            let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut t = crate::upstream::random() % total;
+            for d in dests {
+                if t < u64::from(d.weight) {
+                    return Some(d);
+                }
+                t -= u64::from(d.weight);
+            }
+            dests.last()
+        }
+    }
+}
+
+/// Does the route match? Returns the index of the matching match (for prefix rewrites),
+/// `usize::MAX` when the route has no matches.
+fn route_matches(r: &HttpRoute, req: &Request<Incoming>, port: u16) -> Option<usize> {
+    if r.matches.is_empty() {
+        return Some(usize::MAX);
+    }
+    r.matches.iter().position(|m| one_match(m, req, port))
+}
+
+fn one_match(m: &HttpMatch, req: &Request<Incoming>, port: u16) -> bool {
+    if m.port.is_some_and(|p| p != port) {
+        return false;
+    }
+    let path = req.uri().path();
+    if let Some(u) = &m.uri {
+        let ok = if m.ignore_uri_case {
+            u.matches_ignore_case(path)
+        } else {
+            u.matches(path)
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(mm) = &m.method
+        && !mm.matches(req.method().as_str())
+    {
+        return false;
+    }
+    if let Some(s) = &m.scheme
+        && !s.matches(req.uri().scheme_str().unwrap_or("http"))
+    {
+        return false;
+    }
+    if let Some(a) = &m.authority {
+        let auth = authority_of_ref(req);
+        if !a.matches(auth.unwrap_or("")) {
+            return false;
+        }
+    }
+    for (name, sm) in &m.headers {
+        if !header_matches(req, name, sm.as_ref()) {
+            return false;
+        }
+    }
+    for (name, sm) in &m.without_headers {
+        if header_matches(req, name, sm.as_ref()) {
+            return false;
+        }
+    }
+    if !m.query_params.is_empty() {
+        let q = req.uri().query().unwrap_or("");
+        for (name, sm) in &m.query_params {
+            let v = q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == name).then_some(v)
+            });
+            let ok = match (v, sm) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(v), Some(sm)) => sm.matches(v),
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn authority_of_ref(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// `{}` (None) = the header is present; otherwise any value matching.
+fn header_matches(req: &Request<Incoming>, name: &str, sm: Option<&StrMatch>) -> bool {
+    let mut values = req.headers().get_all(name).iter().peekable();
+    if values.peek().is_none() {
+        return false;
+    }
+    match sm {
+        None => true,
+        Some(sm) => values.any(|v| v.to_str().is_ok_and(|v| sm.matches(v))),
+    }
+}
+
+/// Apply `rewrite.uri` (replacing the matched prefix, or the whole path), `uriRegexRewrite`
+/// and `rewrite.authority`.
+fn rewrite(
+    mut req: Request<Incoming>,
+    route: &HttpRoute,
+    matched: usize,
+    _host: &str,
+    _authority: &str,
+) -> Request<Incoming> {
+    let Some(rw) = &route.rewrite else { return req };
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let mut new_path = path.clone();
+    if let Some(u) = &rw.uri {
+        let prefix = route.matches.get(matched).and_then(|m| match &m.uri {
+            Some(StrMatch::Prefix(p)) => Some(p.clone()),
+            _ => None,
+        });
+        new_path = match prefix {
+            Some(p) if path.starts_with(&p) => format!("{u}{}", &path[p.len()..]),
+            _ => u.clone(),
+        };
+    } else if let Some((pat, rep)) = &rw.uri_regex
+        && let Ok(re) = regex_lite(pat)
+    {
+        new_path = re.replace_all(&path, rep.as_str()).into_owned();
+    }
+    let pq = match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(p) = pq.parse() {
+        parts.path_and_query = Some(p);
+    }
+    if let Some(a) = &rw.authority {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        if parts.authority.is_some()
+            && let Ok(auth) = a.parse()
+        {
+            parts.authority = Some(auth);
+        }
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
+fn regex_lite(p: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(p)
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+}
+
+/// Make the request fit for the upstream: origin-form URI, Host = authority, no hop-by-hop
+/// headers (an upgrade keeps `Upgrade` and `Connection: upgrade`).
+fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Incoming> {
+    let upgrade = is_upgrade(&req);
+    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+    let listed: Vec<String> = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    let h = req.headers_mut();
+    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
+        h.remove(name.as_str());
+    }
+    if upgrade && let Some(u) = upgrade_value {
+        h.insert(header::UPGRADE, u);
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority)
+    {
+        h.insert(header::HOST, v);
+    }
+    if !h.contains_key("x-request-id") {
+        let id = format!(
+            "{:016x}{:016x}",
+            crate::upstream::random(),
+            crate::upstream::random()
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(HeaderName::from_static("x-request-id"), v);
+        }
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    // Origin-form towards the upstream.
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if let Ok(u) = pq.parse() {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    req
+}
+
+fn apply_headers(h: &mut http::HeaderMap, ops: &HeaderOps) {
+    for name in &ops.remove {
+        h.remove(name.as_str());
+    }
+    for (k, v) in &ops.set {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            h.insert(k, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            h.append(k, v);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    rt: &crate::config::Runtime,
+    cluster: &Cluster,
+    route: &HttpRoute,
+    dest: &WeightedCluster,
+    req: Request<Incoming>,
+    host: &str,
+    mut out: Outcome,
+) -> (Response<RespBody>, Outcome) {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| host.to_string());
+    let mut req = strip_hop_by_hop(req, &authority);
+    apply_headers(req.headers_mut(), &route.request_headers);
+    apply_headers(req.headers_mut(), &dest.request_headers);
+    let state = rt.clusters.get(&cluster.name);
+    if cluster.policy.tls.mode == egret_config::types::ClientTlsMode::IstioMutual {
+        let e = UpstreamError::NoMeshIdentity(cluster.name.clone());
+        let (r, o, _) = upstream_failed(e, out, authority);
+        return (r, o);
+    }
+    let tls = state.and_then(|s| s.tls.as_ref());
+    // SNI: the DestinationRule's `sni`, else the request's host (Istio auto-SNI).
+    let (sni_host, _) = split_authority(&authority);
+    let sni = cluster.policy.tls.sni.clone().unwrap_or(sni_host);
+    let connect_timeout = cluster.policy.connection_pool.connect_timeout.to_std();
+    // Connect failures are retried on another endpoint (Istio's default retry policy has
+    // `connect-failure`); the request body has not been sent yet, so this is always safe.
+    let attempts = if route.retries.retry_on.contains("connect-failure") {
+        1 + route.retries.attempts.min(5)
+    } else {
+        1
+    };
+    let mut last_err = None;
+    let mut conn_to = None;
+    for _ in 0..attempts {
+        let p = match proxy.upstreams.pick(cluster, state, conn.orig_dst, host).await {
+            Ok(p) => p,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        if proxy.is_self(p.addr) {
+            out.status = 502;
+            out.flags = "UF";
+            out.details = "loop";
+            return (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out);
+        }
+        match proxy
+            .upstreams
+            .http1(p.addr, connect_timeout, tls.map(|c| (c, sni.as_str())))
+            .await
+        {
+            Ok(c) => {
+                conn_to = Some((p.addr, c));
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some((addr, (sender, returner))) = conn_to else {
+        let e = last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone()));
+        let (r, o, _) = upstream_failed(e, out, authority);
+        return (r, o);
+    };
+    out.upstream = Some(addr);
+    let timeout = route.timeout.map(|t| t.to_std());
+    match exchange(proxy, addr, sender, returner, req, timeout).await {
+        Ok(mut r) => {
+            out.status = r.status().as_u16();
+            apply_headers(r.headers_mut(), &dest.response_headers);
+            apply_headers(r.headers_mut(), &route.response_headers);
+            (r, out)
+        }
+        Err(SendError::Timeout) => {
+            out.status = 504;
+            out.flags = "UT";
+            out.details = "upstream_response_timeout";
+            (
+                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                out,
+            )
+        }
+        Err(SendError::Upstream(e)) => {
+            let (r, o, _) = upstream_failed(e, out, authority);
+            (r, o)
+        }
+        Err(SendError::Reset(reason)) => {
+            out.status = 503;
+            out.flags = "UC";
+            out.details = "upstream_reset_before_response_started";
+            tracing::warn!(target: "upstream", "{reason}");
+            (
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers",
+                ),
+                out,
+            )
+        }
+    }
+}
+
+enum SendError {
+    Timeout,
+    Upstream(UpstreamError),
+    Reset(String),
+}
+
+impl From<UpstreamError> for SendError {
+    fn from(e: UpstreamError) -> Self {
+        SendError::Upstream(e)
+    }
+}
+
+/// Send over an HTTP/1.1 connection (pooled or new) and give it back when the response has
+/// been read; relay an upgrade (WebSocket) when the upstream switches protocols. `timeout`
+/// (the route's) runs until the response headers arrive.
+async fn exchange(
+    proxy: &Arc<Proxy>,
+    addr: SocketAddr,
+    mut sender: hyper::client::conn::http1::SendRequest<ReqBody>,
+    returner: crate::upstream::Returner,
+    mut req: Request<Incoming>,
+    timeout: Option<Duration>,
+) -> Result<Response<RespBody>, SendError> {
+    let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let req: Request<ReqBody> = req.map(|b| b.boxed());
+    let send = async {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Reset(format!("{addr}: {e}")))?;
+        proxy.upstreams.give_back(sender, returner);
+        Ok::<_, SendError>(resp)
+    };
+    let mut resp = match timeout {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| SendError::Timeout)??,
+        None => send.await?,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = downstream_upgrade
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(d), Ok(u)) = tokio::join!(down, up) {
+                let mut d = hyper_util::rt::TokioIo::new(d);
+                let mut u = hyper_util::rt::TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+            }
+        });
+    }
+    let mut resp = resp.map(|b| b.boxed());
+    for name in HOP_BY_HOP.iter().filter(|n| **n != "upgrade" && **n != "connection") {
+        resp.headers_mut().remove(*name);
+    }
+    Ok(resp)
+}
+
+/// Requests that are not proxyable at all.
+pub fn bad_request(msg: &'static str) -> Response<RespBody> {
+    local(StatusCode::BAD_REQUEST, msg)
+}
+
+pub fn is_connect(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_forms() {
+        assert_eq!(split_authority("Example.COM."), ("example.com".into(), None));
+        assert_eq!(split_authority("a.test:8080"), ("a.test".into(), Some(8080)));
+        assert_eq!(split_authority("[::1]:443"), ("::1".into(), Some(443)));
+        assert_eq!(split_authority("user@a.test:81"), ("a.test".into(), Some(81)));
+    }
+}

@@ -1,0 +1,99 @@
+//! Counters the proxy keeps from the first day (the full Istio metric set comes with the
+//! observability work): requests and connections by outcome, configuration loads and
+//! rejections. Served as Prometheus text on the admin port.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `routed`, `passthrough`, `blackhole`, `no_route`, `direct_response`, `redirect`,
+    /// `upstream_error`, `timeout`, `bad_request`, `loop`.
+    pub outcome: &'static str,
+    /// `http`, `tls` or `tcp`.
+    pub protocol: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<Outcome, Counter>,
+    pub connections: Family<Outcome, Counter>,
+    pub config_loaded: Counter,
+    pub config_rejected: Counter,
+    pub active_connections: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("egret");
+        let requests = Family::<Outcome, Counter>::default();
+        let connections = Family::<Outcome, Counter>::default();
+        let config_loaded = Counter::default();
+        let config_rejected = Counter::default();
+        let active_connections = Gauge::default();
+        registry.register(
+            "outbound_requests",
+            "HTTP requests handled, by outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "outbound_connections",
+            "Connections handled (TLS and TCP), by outcome",
+            connections.clone(),
+        );
+        registry.register(
+            "config_loaded",
+            "Configuration snapshots accepted",
+            config_loaded.clone(),
+        );
+        registry.register(
+            "config_rejected",
+            "Configuration changes rejected (the last good snapshot kept serving)",
+            config_rejected.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Downstream connections open now",
+            active_connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            connections,
+            config_loaded,
+            config_rejected,
+            active_connections,
+        }
+    }
+
+    pub fn request(&self, outcome: &'static str) {
+        self.requests
+            .get_or_create(&Outcome {
+                outcome,
+                protocol: "http",
+            })
+            .inc();
+    }
+
+    pub fn connection(&self, outcome: &'static str, protocol: &'static str) {
+        self.connections
+            .get_or_create(&Outcome { outcome, protocol })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

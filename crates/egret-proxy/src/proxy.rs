@@ -1,0 +1,409 @@
+//! One connection from accept to upstream.
+//!
+//! Captured traffic (outbound :15001, `SO_ORIGINAL_DST`): the port's declared protocol decides,
+//! else detection (TLS ClientHello -> SNI, HTTP/1, HTTP/2, else opaque TCP). HTTP goes to
+//! `http::handle`; TLS is routed by SNI through the listener's TLS chains without being
+//! terminated; opaque TCP by destination address through the TCP chains. What matches
+//! nothing follows the outbound traffic policy: ALLOW_ANY passes through to the original
+//! destination (`PassthroughCluster`), REGISTRY_ONLY closes the connection
+//! (`BlackHoleCluster`; curl sees exit 35 for HTTPS) — `istio-egress-spec.md` §5.
+//!
+//! Explicit proxy (:15080): `CONNECT host:port` becomes a tunnel handled exactly like captured
+//! traffic to `host:port`; absolute-form requests go through the same HTTP routing.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use egret_model::snapshot::{L4Chain, ListenerProtocol, OutboundMode, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::Runtime;
+use crate::detect::{self, Detected};
+use crate::http::{self as h, RespBody};
+use crate::io::PrefixedIo;
+use crate::metrics::Metrics;
+use crate::upstream::Upstreams;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Redirected by iptables; the destination is the original one.
+    Captured,
+    /// The application addressed us as its HTTP proxy.
+    Explicit,
+}
+
+/// What is known about a downstream connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Where the application was connecting (captured traffic, or a resolved CONNECT target).
+    pub orig_dst: Option<SocketAddr>,
+    pub mode: Mode,
+    /// Port assumed for an absolute-form URI without one.
+    pub default_port: u16,
+}
+
+pub struct Proxy {
+    pub state: Arc<ArcSwap<Runtime>>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    /// This proxy's own listening ports: connections addressed to them are never forwarded.
+    pub own_ports: Vec<u16>,
+    /// How long to wait for a client's first bytes before treating the stream as opaque TCP.
+    pub detect_timeout: Duration,
+    /// How long to wait for a complete TLS ClientHello.
+    pub hello_timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            state,
+            upstreams: Arc::new(Upstreams::new()),
+            metrics,
+            own_ports: Vec::new(),
+            detect_timeout: Duration::from_millis(500),
+            hello_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The outbound traffic policy of the current snapshot (sidecars). Gateways have none:
+    /// they route only what their servers declare, so the answer there is REGISTRY_ONLY.
+    pub fn outbound_mode(&self, rt: &Runtime) -> OutboundMode {
+        rt.snapshot
+            .outbound_traffic_policy
+            .as_ref()
+            .map_or(OutboundMode::RegistryOnly, |p| p.mode)
+    }
+
+    /// Would forwarding to `addr` reach this proxy again?
+    pub fn is_self(&self, addr: SocketAddr) -> bool {
+        self.own_ports.contains(&addr.port())
+            && (addr.ip().is_loopback() || addr.ip().is_unspecified())
+    }
+
+    /// Serve a captured connection whose original destination is `orig_dst`.
+    pub async fn serve_captured(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, orig_dst: SocketAddr) {
+        // A connection made straight to our port (not redirected) reports our own address as
+        // its original destination: forwarding it would loop forever.
+        if stream.local_addr().ok() == Some(orig_dst) || self.is_self(orig_dst) {
+            self.metrics.connection("loop", "tcp");
+            tracing::warn!(target: "policy", %peer, %orig_dst, "connection addressed to the proxy itself: closed");
+            return;
+        }
+        let conn = ConnInfo {
+            peer,
+            orig_dst: Some(orig_dst),
+            mode: Mode::Captured,
+            default_port: orig_dst.port(),
+        };
+        self.serve_stream(stream, conn).await;
+    }
+
+    /// Route a byte stream to `conn.orig_dst` (captured traffic or a CONNECT tunnel).
+    pub async fn serve_stream<S>(self: Arc<Self>, stream: S, conn: ConnInfo)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let Some(dst) = conn.orig_dst else { return };
+        let rt = self.state.load_full();
+        let listener = rt.snapshot.listener(dst.port());
+        let declared = listener.map(|l| l.protocol);
+        let dst_ip = Some(dst.ip());
+        match declared {
+            Some(ListenerProtocol::Http) => {
+                return self.serve_http(stream, Bytes::new(), conn).await;
+            }
+            Some(ListenerProtocol::Tcp) => {
+                if let Some(chain) = listener.and_then(|l| l.tcp_chain(dst_ip)) {
+                    let chain = chain.clone();
+                    return self.forward_l4(&rt, &chain, stream, Bytes::new(), conn, None, "tcp").await;
+                }
+            }
+            _ => {}
+        }
+        let mut stream = stream;
+        let timeout = if declared == Some(ListenerProtocol::Tls) {
+            self.hello_timeout
+        } else {
+            self.detect_timeout
+        };
+        let (detected, prefix) = match detect::detect(&mut stream, timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.connection("bad_request", "tcp");
+                tracing::warn!(target: "policy", peer = %conn.peer, %dst, "closing: {e}");
+                return;
+            }
+        };
+        match detected {
+            Detected::Http1 | Detected::Http2 => self.serve_http(stream, prefix, conn).await,
+            Detected::Tls(hello) => {
+                let sni = hello.sni.clone();
+                match listener.and_then(|l| l.tls_chain(sni.as_deref(), dst_ip)) {
+                    Some(chain) => {
+                        let chain = chain.clone();
+                        self.forward_l4(&rt, &chain, stream, prefix, conn, sni, "tls").await
+                    }
+                    None => self.outbound_l4(&rt, stream, prefix, conn, sni, "tls").await,
+                }
+            }
+            Detected::Opaque => match listener.and_then(|l| l.tcp_chain(dst_ip)) {
+                Some(chain) => {
+                    let chain = chain.clone();
+                    self.forward_l4(&rt, &chain, stream, prefix, conn, None, "tcp").await
+                }
+                None => self.outbound_l4(&rt, stream, prefix, conn, None, "tcp").await,
+            },
+        }
+    }
+
+    async fn serve_http<S>(self: Arc<Self>, stream: S, prefix: Bytes, conn: ConnInfo)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let conn = Arc::new(conn);
+        let me = self.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let p = me.clone();
+            let c = conn.clone();
+            async move { h::handle(p, c, req).await }
+        });
+        let io = TokioIo::new(PrefixedIo::new(prefix, stream));
+        if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(io, svc)
+            .await
+        {
+            tracing::debug!("downstream HTTP connection ended: {e}");
+        }
+    }
+
+    /// Traffic that matched no service: pass through or black-hole.
+    async fn outbound_l4<S>(
+        self: Arc<Self>,
+        rt: &Runtime,
+        stream: S,
+        prefix: Bytes,
+        conn: ConnInfo,
+        sni: Option<String>,
+        protocol: &'static str,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let Some(dst) = conn.orig_dst else { return };
+        if self.outbound_mode(rt) == OutboundMode::RegistryOnly {
+            self.metrics.connection("blackhole", protocol);
+            tracing::info!(
+                target: "access",
+                "\"- - -\" 0 NR registry_only \"-\" \"-\" {BLACKHOLE_CLUSTER} {dst} {} {}",
+                conn.peer,
+                sni.as_deref().unwrap_or("-")
+            );
+            return; // dropping the stream closes it
+        }
+        self.metrics.connection("passthrough", protocol);
+        tracing::info!(target: "policy", %dst, sni = sni.as_deref().unwrap_or("-"), "ALLOW_ANY: passthrough");
+        let start = Instant::now();
+        match self.upstreams.connect_tcp(dst, Duration::from_secs(10)).await {
+            Ok(up) => {
+                let (tx, rx) = relay(stream, prefix, up).await;
+                tracing::info!(
+                    target: "access",
+                    "\"- - -\" 0 - passthrough \"{dst}\" {PASSTHROUGH_CLUSTER} {} {} {rx} {tx} {}ms",
+                    conn.peer,
+                    sni.as_deref().unwrap_or("-"),
+                    start.elapsed().as_millis()
+                );
+            }
+            Err(e) => {
+                self.metrics.connection("upstream_error", protocol);
+                tracing::warn!(target: "upstream", "{e}");
+            }
+        }
+    }
+
+    /// Forward to the cluster a TLS/TCP chain routes to. TLS from the application is passed
+    /// through untouched; a TCP cluster with a TLS DestinationRule gets TLS originated.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_l4<S>(
+        self: Arc<Self>,
+        rt: &Runtime,
+        chain: &L4Chain,
+        stream: S,
+        prefix: Bytes,
+        conn: ConnInfo,
+        sni: Option<String>,
+        protocol: &'static str,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let start = Instant::now();
+        let Some(dest) = pick(&chain.route) else { return };
+        let Some(cluster) = rt.snapshot.cluster(&dest.cluster) else {
+            self.metrics.connection("upstream_error", protocol);
+            return;
+        };
+        let state = rt.clusters.get(&cluster.name);
+        let host = sni.clone().unwrap_or_else(|| cluster.host.clone());
+        let picked = match self
+            .upstreams
+            .pick(cluster, state, conn.orig_dst, &host)
+            .await
+        {
+            Ok(p) if self.is_self(p.addr) => {
+                self.metrics.connection("loop", protocol);
+                return;
+            }
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.connection("upstream_error", protocol);
+                tracing::warn!(target: "upstream", cluster = %cluster.name, "{e}");
+                return;
+            }
+        };
+        let timeout = cluster.policy.connection_pool.connect_timeout.to_std();
+        let originate = if protocol == "tcp" {
+            state
+                .and_then(|s| s.tls.as_ref())
+                .map(|c| (c, cluster.policy.tls.sni.clone().unwrap_or_else(|| cluster.host.clone())))
+        } else {
+            None
+        };
+        let up = match self
+            .upstreams
+            .connect(picked.addr, timeout, originate.as_ref().map(|(c, s)| (*c, s.as_str())))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.connection("upstream_error", protocol);
+                tracing::warn!(target: "upstream", cluster = %cluster.name, "{e}");
+                return;
+            }
+        };
+        self.metrics.connection("routed", protocol);
+        let (tx, rx) = relay(stream, prefix, up).await;
+        tracing::info!(
+            target: "access",
+            "\"- - -\" 0 - via_upstream \"{}\" {} {} {} {rx} {tx} {}ms {}",
+            picked.addr,
+            cluster.name,
+            conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            conn.peer,
+            start.elapsed().as_millis(),
+            sni.as_deref().unwrap_or("-"),
+        );
+    }
+
+    /// Explicit proxy connection: absolute-form HTTP requests and `CONNECT host:port`.
+    pub async fn serve_explicit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let me = self.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let p = me.clone();
+            async move { Ok::<_, Infallible>(p.explicit_request(req, peer).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades()
+            .await
+        {
+            tracing::debug!("explicit proxy connection ended: {e}");
+        }
+    }
+
+    async fn explicit_request(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+        if h::is_connect(&req) {
+            let Some(auth) = req.uri().authority().map(|a| a.to_string()) else {
+                return h::bad_request("CONNECT needs host:port\n");
+            };
+            let (host, port) = h::split_authority(&auth);
+            let Some(port) = port else {
+                return h::bad_request("CONNECT needs host:port\n");
+            };
+            let ip: IpAddr = match self.upstreams.resolve(&host).await {
+                Ok(ips) => ips[0],
+                Err(e) => {
+                    self.metrics.connection("upstream_error", "tcp");
+                    return h::local(StatusCode::BAD_GATEWAY, format!("{e}\n"));
+                }
+            };
+            let dst = SocketAddr::new(ip, port);
+            if self.is_self(dst) {
+                self.metrics.connection("loop", "tcp");
+                return h::local(StatusCode::FORBIDDEN, "refusing to loop\n");
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        let conn = ConnInfo {
+                            peer,
+                            orig_dst: Some(dst),
+                            mode: Mode::Captured,
+                            default_port: port,
+                        };
+                        me.serve_stream(TokioIo::new(upgraded), conn).await;
+                    }
+                    Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+                }
+            });
+            return h::local(StatusCode::OK, "");
+        }
+        if req.uri().authority().is_none() {
+            return h::bad_request("explicit proxy requests need an absolute URI (http://host/path)\n");
+        }
+        let conn = Arc::new(ConnInfo {
+            peer,
+            orig_dst: None,
+            mode: Mode::Explicit,
+            default_port: 80,
+        });
+        match h::handle(self, conn, req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+}
+
+fn pick(dests: &[egret_model::snapshot::WeightedCluster]) -> Option<&egret_model::snapshot::WeightedCluster> {
+    match dests {
+        [] => None,
+        [one] => Some(one),
+        _ => {
+            let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
+            let mut t = crate::upstream::random() % total.max(1);
+            for d in dests {
+                if t < u64::from(d.weight) {
+                    return Some(d);
+                }
+                t -= u64::from(d.weight);
+            }
+            dests.last()
+        }
+    }
+}
+
+/// Write what was peeked, then copy both ways until either side closes. Returns bytes
+/// (to upstream, from upstream).
+async fn relay<S, U>(mut down: S, prefix: Bytes, mut up: U) -> (u64, u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if !prefix.is_empty() && up.write_all(&prefix).await.is_err() {
+        return (0, 0);
+    }
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((a, b)) => (a + prefix.len() as u64, b),
+        Err(_) => (prefix.len() as u64, 0),
+    }
+}

@@ -1,0 +1,225 @@
+//! Running a sidecar: load the first snapshot, bind the listeners, serve, watch the
+//! configuration, and drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::admin::{Admin, SetLogLevel};
+use crate::config::{self, SourceConfig};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+#[derive(Debug, Clone)]
+pub struct SidecarOptions {
+    pub source: SourceConfig,
+    /// Captured traffic (iptables REDIRECT). `None` = explicit-proxy mode only.
+    pub outbound: Option<SocketAddr>,
+    /// Explicit HTTP proxy (`HTTP_PROXY` / `HTTPS_PROXY`).
+    pub explicit: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    /// How long in-flight connections may take to finish after SIGTERM.
+    pub drain: Duration,
+    pub detect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration rejected:\n{0}")]
+    Config(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running sidecar (used by the binary and by in-process tests).
+pub struct Running {
+    pub proxy: Arc<Proxy>,
+    pub ready: Arc<AtomicBool>,
+    pub outbound: Option<SocketAddr>,
+    pub explicit: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    active: Arc<Active>,
+    drain: Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// In-flight connections, for draining.
+#[derive(Default)]
+struct Active {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+struct ActiveGuard(Arc<Active>, Arc<Metrics>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.1.active_connections.dec();
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+fn track(active: &Arc<Active>, metrics: &Arc<Metrics>) -> ActiveGuard {
+    active.n.fetch_add(1, Ordering::AcqRel);
+    metrics.active_connections.inc();
+    ActiveGuard(active.clone(), metrics.clone())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The original destination of a redirected connection (`SO_ORIGINAL_DST`, IPv4 or IPv6).
+pub fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(s);
+    let local = s.local_addr().ok()?;
+    let addr = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    addr.ok()?.as_socket()
+}
+
+pub async fn start(opts: SidecarOptions, set_log_level: Option<SetLogLevel>) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let first = {
+        let src = opts.source.clone();
+        tokio::task::spawn_blocking(move || config::load(&src))
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?
+            .map_err(|errors| StartError::Config(errors.join("\n")))?
+    };
+    tracing::info!(target: "config", version = %first.snapshot.version, "configuration loaded");
+    metrics.config_loaded.inc();
+    let state = Arc::new(ArcSwap::from_pointee(first));
+    let mut proxy = Proxy::new(state.clone(), metrics.clone());
+    proxy.detect_timeout = opts.detect_timeout;
+
+    let outbound = match opts.outbound {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let explicit = match opts.explicit {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let admin_l = bind(opts.admin).await?;
+    let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let (outbound_addr, explicit_addr) = (local(&outbound), local(&explicit));
+    let admin_addr = admin_l.local_addr().map_err(|source| StartError::Bind {
+        addr: opts.admin,
+        source,
+    })?;
+    proxy.own_ports = [outbound_addr, explicit_addr, Some(admin_addr)]
+        .into_iter()
+        .flatten()
+        .map(|a| a.port())
+        .collect();
+    let proxy = Arc::new(proxy);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown, _) = watch::channel(false);
+    let active = Arc::new(Active::default());
+    let mut tasks = Vec::new();
+
+    if let Some(l) = outbound {
+        let (p, a, m, mut stop) = (proxy.clone(), active.clone(), metrics.clone(), shutdown.subscribe());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    r = l.accept() => {
+                        let Ok((s, peer)) = r else { continue };
+                        let guard = track(&a, &m);
+                        let p = p.clone();
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            match original_dst(&s) {
+                                Some(dst) => p.serve_captured(s, peer, dst).await,
+                                None => tracing::warn!(%peer, "no original destination (not redirected by iptables?): closed"),
+                            }
+                        });
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(l) = explicit {
+        let (p, a, m, mut stop) = (proxy.clone(), active.clone(), metrics.clone(), shutdown.subscribe());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    r = l.accept() => {
+                        let Ok((s, peer)) = r else { continue };
+                        let _ = s.set_nodelay(true);
+                        let guard = track(&a, &m);
+                        let p = p.clone();
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            p.serve_explicit(s, peer).await;
+                        });
+                    }
+                }
+            }
+        }));
+    }
+    let admin = Arc::new(Admin {
+        proxy: proxy.clone(),
+        ready: ready.clone(),
+        set_log_level,
+    });
+    tasks.push(tokio::spawn(admin.serve(admin_l)));
+    tasks.push(tokio::spawn(config::watch(opts.source.clone(), state, metrics)));
+    // The first snapshot is in and every listener is bound.
+    ready.store(true, Ordering::Release);
+    Ok(Running {
+        proxy,
+        ready,
+        outbound: outbound_addr,
+        explicit: explicit_addr,
+        admin: admin_addr,
+        shutdown,
+        active,
+        drain: opts.drain,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stop accepting, fail readiness, let in-flight connections finish within the drain
+    /// deadline. Returns how many were still open at the deadline.
+    pub async fn drain(self) -> usize {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + self.drain;
+        loop {
+            let notified = self.active.zero.notified();
+            let n = self.active.n.load(Ordering::Acquire);
+            if n == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.active.n.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,364 @@
+//! Upstreams: from a cluster to a connected socket — endpoint choice (ServiceEntry resolution
+//! and DestinationRule load balancing), DNS, connect with `connectionPool.tcp.connectTimeout`,
+//! TLS origination — and the shared HTTP/1.1 connection pool.
+//!
+//! The pool is keyed by everything that makes a connection reusable (pingora's `reuse_hash`):
+//! the endpoint address and, for TLS, the SNI and the client configuration. A lock is held only
+//! to push or pop an idle connection, never across an `.await`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use egret_config::types::{Resolution, SimpleLb};
+use egret_model::snapshot::{Cluster, LoadBalancer};
+use hickory_resolver::TokioResolver;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::ClusterRuntime;
+
+pub type ReqBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why an upstream could not be reached, mapped to Envoy's response flags in logs.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// `UH`: the cluster has no endpoint to send to.
+    #[error("no healthy upstream for {0}")]
+    NoEndpoint(String),
+    /// `UF` (DNS): the name did not resolve.
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    /// `UF`: connect failed or timed out.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    /// `UF`: TLS origination failed (certificate verification included).
+    #[error("TLS to {addr} ({sni}) failed: {reason}")]
+    Tls {
+        addr: SocketAddr,
+        sni: String,
+        reason: String,
+    },
+    #[error("upstream HTTP handshake with {addr} failed: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    /// Mutual TLS with the mesh identity comes with the egress-gateway work.
+    #[error("cluster {0} needs the mesh identity (ISTIO_MUTUAL), which this proxy does not have")]
+    NoMeshIdentity(String),
+}
+
+impl UpstreamError {
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            UpstreamError::NoEndpoint(_) | UpstreamError::NoMeshIdentity(_) => "UH",
+            _ => "UF",
+        }
+    }
+}
+
+/// An upstream byte stream: plain TCP or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    /// (SNI, identity of the rustls configuration) when TLS is originated.
+    tls: Option<(String, usize)>,
+}
+
+/// The shared pieces: resolver and connection pool. One per proxy, shared by all requests.
+pub struct Upstreams {
+    resolver: Option<TokioResolver>,
+    idle: std::sync::Mutex<HashMap<PoolKey, Vec<http1::SendRequest<ReqBody>>>>,
+    /// Idle connections kept per key.
+    max_idle: usize,
+}
+
+/// The endpoint chosen for one request or connection.
+pub struct Picked {
+    pub addr: SocketAddr,
+    /// The endpoint's host name when it was resolved by DNS (for logs).
+    pub name: Option<String>,
+}
+
+impl Upstreams {
+    pub fn new() -> Upstreams {
+        // The system resolver configuration (/etc/resolv.conf); hickory caches answers for
+        // their TTL in a bounded cache.
+        let resolver = match TokioResolver::builder_tokio() {
+            Ok(mut b) => {
+                b.options_mut().cache_size = 4096;
+                b.build().ok()
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the system DNS configuration: {e}");
+                None
+            }
+        };
+        Upstreams {
+            resolver,
+            idle: std::sync::Mutex::new(HashMap::new()),
+            max_idle: 64,
+        }
+    }
+
+    /// Resolve a host name to its addresses (IP literals pass through).
+    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, UpstreamError> {
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let Some(r) = &self.resolver else {
+            return Err(UpstreamError::Resolve {
+                host: host.to_string(),
+                reason: "no DNS configuration".into(),
+            });
+        };
+        // A trailing dot makes the name absolute: no search domains for external names.
+        let name = if host.ends_with('.') {
+            host.to_string()
+        } else {
+            format!("{host}.")
+        };
+        let ips: Vec<IpAddr> = r
+            .lookup_ip(name.as_str())
+            .await
+            .map_err(|e| UpstreamError::Resolve {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?
+            .iter()
+            .collect();
+        if ips.is_empty() {
+            return Err(UpstreamError::Resolve {
+                host: host.to_string(),
+                reason: "no addresses".into(),
+            });
+        }
+        Ok(ips)
+    }
+
+    /// Choose where to send: by the cluster's resolution and load-balancing policy.
+    /// `orig_dst` is the address the application dialed (captured traffic), `authority` the
+    /// host it asked for (explicit proxy, or resolution NONE without a captured address).
+    pub async fn pick(
+        &self,
+        cluster: &Cluster,
+        state: Option<&ClusterRuntime>,
+        orig_dst: Option<SocketAddr>,
+        authority: &str,
+    ) -> Result<Picked, UpstreamError> {
+        match cluster.resolution {
+            // NONE: Istio's ORIGINAL_DST — where the application connected. DYNAMIC_DNS:
+            // the requested name, resolved now.
+            Resolution::None | Resolution::DynamicDns => {
+                if cluster.resolution == Resolution::None
+                    && let Some(dst) = orig_dst
+                {
+                    return Ok(Picked {
+                        addr: dst,
+                        name: None,
+                    });
+                }
+                let ips = self.resolve(authority).await?;
+                let i = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
+                Ok(Picked {
+                    addr: SocketAddr::new(ips[i % ips.len()], cluster.target_port),
+                    name: Some(authority.to_string()),
+                })
+            }
+            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
+                if cluster.endpoints.is_empty() {
+                    return Err(UpstreamError::NoEndpoint(cluster.name.clone()));
+                }
+                let n = cluster.endpoints.len();
+                let i = choose(cluster, state, n);
+                let ep = &cluster.endpoints[i];
+                let ips = self.resolve(&ep.address).await?;
+                // STRICT_DNS: every address is an endpoint (round robin across them);
+                // LOGICAL_DNS (DNS_ROUND_ROBIN): the first address.
+                let j = if cluster.resolution == Resolution::DnsRoundRobin {
+                    0
+                } else {
+                    state.map_or(0, |s| s.next.load(Ordering::Relaxed)) % ips.len()
+                };
+                Ok(Picked {
+                    addr: SocketAddr::new(ips[j], ep.port),
+                    name: ep.address.parse::<IpAddr>().is_err().then(|| ep.address.clone()),
+                })
+            }
+        }
+    }
+
+    /// Connect to an endpoint (plain TCP) within the cluster's connect timeout.
+    pub async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, UpstreamError> {
+        let fail = |reason: String| UpstreamError::Connect { addr, reason };
+        let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail(format!("timed out after {timeout:?}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+
+    /// Connect, originating TLS when the cluster has a TLS configuration.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+    ) -> Result<Box<dyn Stream>, UpstreamError> {
+        let tcp = self.connect_tcp(addr, timeout).await?;
+        let Some((config, sni)) = tls else {
+            return Ok(Box::new(tcp));
+        };
+        let tls_err = |reason: String| UpstreamError::Tls {
+            addr,
+            sni: sni.to_string(),
+            reason,
+        };
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+            .map_err(|e| tls_err(e.to_string()))?;
+        let s = tokio::time::timeout(timeout, TlsConnector::from(config.clone()).connect(name, tcp))
+            .await
+            .map_err(|_| tls_err(format!("handshake timed out after {timeout:?}")))?
+            .map_err(|e| tls_err(e.to_string()))?;
+        Ok(Box::new(s))
+    }
+
+    /// An HTTP/1.1 connection to the endpoint: an idle pooled one when possible.
+    pub async fn http1(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+    ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
+        let key = PoolKey {
+            addr,
+            tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
+        };
+        if let Some(s) = self.take_idle(&key) {
+            return Ok((s, Returner { key }));
+        }
+        let io = self.connect(addr, timeout, tls).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Handshake {
+                addr,
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upstream connection ended: {e}");
+            }
+        });
+        Ok((sender, Returner { key }))
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some(s) = list.pop() {
+            if !s.is_closed() && s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Give a connection back once its response has been read in full.
+    pub fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<ReqBody>, r: Returner) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            if let Ok(mut idle) = me.idle.lock() {
+                let list = idle.entry(r.key).or_default();
+                list.retain(|s| !s.is_closed());
+                if list.len() < me.max_idle {
+                    list.push(sender);
+                }
+            }
+        });
+    }
+
+    /// Idle pooled connections (for tests and the admin view).
+    pub fn idle_connections(&self) -> usize {
+        self.idle
+            .lock()
+            .map(|m| m.values().map(|v| v.iter().filter(|s| !s.is_closed()).count()).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams::new()
+    }
+}
+
+/// Where a pooled connection goes back to.
+pub struct Returner {
+    key: PoolKey,
+}
+
+/// Pick an endpoint index: ROUND_ROBIN (weighted), RANDOM (weighted), LEAST_REQUEST (power of
+/// two random choices; without per-endpoint load yet it degrades to weighted random).
+fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let total: u64 = cluster.endpoints.iter().map(|e| u64::from(e.weight.max(1))).sum();
+    let weighted = |ticket: u64| {
+        let mut t = ticket % total.max(1);
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            let w = u64::from(e.weight.max(1));
+            if t < w {
+                return i;
+            }
+            t -= w;
+        }
+        0
+    };
+    match &cluster.policy.load_balancer {
+        LoadBalancer::Simple(SimpleLb::RoundRobin) => {
+            let ticket = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
+            weighted(ticket as u64)
+        }
+        _ => weighted(random()),
+    }
+}
+
+/// A small, fast, non-cryptographic random number (xorshift per thread).
+pub fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9_7F4A_7C15);
+            t ^ (std::process::id() as u64).rotate_left(32) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}

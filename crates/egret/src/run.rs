@@ -1,0 +1,158 @@
+//! `egret sidecar`: argument parsing, logging, the runtime, signals. The engine itself is
+//! `egret_proxy::sidecar`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use egret_model::{ProxyIdentity, Role};
+use egret_proxy::config::SourceConfig;
+use egret_proxy::sidecar::{self, SidecarOptions};
+use egret_proxy::tls::CredentialStore;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
+    /// Configuration file or directory (watched for changes).
+    #[arg(long)]
+    config: Vec<PathBuf>,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// Workload labels, `k=v,k2=v2`.
+    #[arg(long, default_value = "")]
+    labels: String,
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    /// Where `credentialName` credentials are read: DIR/<name>/{tls.crt,tls.key,ca.crt}.
+    #[arg(long)]
+    credentials_dir: Option<PathBuf>,
+    /// Port for captured (iptables-redirected) traffic; 0 disables capture.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Explicit HTTP proxy port (HTTP_PROXY/HTTPS_PROXY); 0 disables it.
+    #[arg(long, default_value_t = 15080)]
+    proxy_port: u16,
+    /// Address the explicit proxy listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    proxy_bind: std::net::IpAddr,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Address of the admin endpoint; loopback by default (it exposes the configuration).
+    #[arg(long, default_value = "127.0.0.1")]
+    admin_bind: std::net::IpAddr,
+    /// After SIGTERM, how long in-flight connections may take to finish.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
+    /// How long to wait for a client's first bytes before treating a connection as TCP.
+    #[arg(long, default_value_t = 500)]
+    detect_timeout_ms: u64,
+    /// How often the configuration is checked for changes.
+    #[arg(long, default_value_t = 1000)]
+    config_poll_ms: u64,
+    /// Log filter (tracing syntax); access logs are target `access`.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+pub fn sidecar(a: SidecarArgs) -> ExitCode {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(
+        EnvFilter::try_new(&a.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    if a.log_format == "json" {
+        registry.with(fmt.json()).init();
+    } else {
+        registry.with(fmt).init();
+    }
+    let set_level: egret_proxy::admin::SetLogLevel = Arc::new(move |l: &str| {
+        let f = EnvFilter::try_new(l).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
+    let labels = match egret_model::parse_labels(&a.labels) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("egret: --labels: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if a.config.is_empty() {
+        eprintln!("egret: --config PATH is required");
+        return ExitCode::from(2);
+    }
+    let opts = SidecarOptions {
+        source: SourceConfig {
+            paths: a.config,
+            mesh_config: a.mesh_config,
+            proxy: ProxyIdentity {
+                role: Role::Sidecar,
+                namespace: a.namespace,
+                service_account: a.service_account,
+                labels,
+            },
+            credentials: CredentialStore {
+                dir: a.credentials_dir,
+            },
+            poll: Duration::from_millis(a.config_poll_ms.max(50)),
+        },
+        outbound: (a.outbound_port != 0)
+            .then(|| SocketAddr::from(([0, 0, 0, 0], a.outbound_port))),
+        explicit: (a.proxy_port != 0).then(|| SocketAddr::new(a.proxy_bind, a.proxy_port)),
+        admin: SocketAddr::new(a.admin_bind, a.admin_port),
+        drain: Duration::from_secs(a.drain_seconds),
+        detect_timeout: Duration::from_millis(a.detect_timeout_ms),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("egret: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let running = match sidecar::start(opts, Some(set_level)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            outbound = ?running.outbound,
+            proxy = ?running.explicit,
+            admin = %running.admin,
+            "egret sidecar ready"
+        );
+        wait_for_signal().await;
+        tracing::info!("draining");
+        let left = running.drain().await;
+        if left > 0 {
+            tracing::warn!(connections = left, "drain deadline reached; closing the rest");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
