@@ -124,8 +124,9 @@ async fn read_until_decided<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Detected, DetectError> {
+    let mut classifier = Classifier::default();
     loop {
-        match classify(buf) {
+        match classifier.step(buf) {
             Step::Done(d) => return Ok(d),
             Step::TooLarge => return Err(DetectError::TooLarge),
             Step::InvalidTls(reason) => return Err(DetectError::InvalidTls(reason)),
@@ -156,29 +157,50 @@ enum Step {
     InvalidTls(&'static str),
 }
 
-/// Classifies the bytes received so far.
-fn classify(buf: &[u8]) -> Step {
-    let Some(&first) = buf.first() else {
-        return Step::NeedMore;
-    };
-    if first == CONTENT_TYPE_HANDSHAKE {
-        return match tls_hello::parse(buf) {
-            Parse::Complete(hello) => Step::Done(Detected::Tls(hello)),
-            Parse::NeedMore(n) if n > MAX_PEEK => Step::TooLarge,
-            Parse::NeedMore(_) => Step::NeedMore,
-            // 0x16 followed by something other than a TLS version: some binary protocol.
-            Parse::NotTls => Step::Done(Detected::Opaque),
-            Parse::Invalid(reason) => Step::InvalidTls(reason),
+/// Classifies the growing buffer. It remembers how far it got so that a client dribbling
+/// bytes one per segment costs linear work, not a re-parse of up to [`MAX_PEEK`] bytes per
+/// byte: TLS is re-parsed only once `tls_hello::parse`'s `NeedMore` lower bound is reached
+/// (with tiny records that bound shrinks the remaining work geometrically), and a long HTTP/1
+/// request-target is scanned once.
+#[derive(Default)]
+struct Classifier {
+    /// Do not look again before the buffer has this many bytes.
+    need: usize,
+    /// Bytes of the HTTP/1 request-target already known to be valid.
+    target_scanned: usize,
+}
+
+impl Classifier {
+    fn step(&mut self, buf: &[u8]) -> Step {
+        if buf.len() < self.need {
+            return Step::NeedMore;
+        }
+        let Some(&first) = buf.first() else {
+            return Step::NeedMore;
         };
+        if first == CONTENT_TYPE_HANDSHAKE {
+            return match tls_hello::parse(buf) {
+                Parse::Complete(hello) => Step::Done(Detected::Tls(hello)),
+                Parse::NeedMore(n) if n > MAX_PEEK => Step::TooLarge,
+                Parse::NeedMore(n) => {
+                    self.need = n;
+                    Step::NeedMore
+                }
+                // 0x16 followed by something other than a TLS version: some binary protocol.
+                Parse::NotTls => Step::Done(Detected::Opaque),
+                Parse::Invalid(reason) => Step::InvalidTls(reason),
+            };
+        }
+        // The preface starts with `PRI `, which would also pass as an HTTP/1 method: check
+        // it first.
+        match buf.get(..H2_PREFACE.len()) {
+            Some(head) if head == H2_PREFACE => return Step::Done(Detected::Http2),
+            Some(_) => {}
+            None if H2_PREFACE.starts_with(buf) => return Step::NeedMore,
+            None => {}
+        }
+        classify_http1(buf, &mut self.target_scanned)
     }
-    // The preface starts with `PRI `, which would also pass as an HTTP/1 method: check first.
-    match buf.get(..H2_PREFACE.len()) {
-        Some(head) if head == H2_PREFACE => return Step::Done(Detected::Http2),
-        Some(_) => {}
-        None if H2_PREFACE.starts_with(buf) => return Step::NeedMore,
-        None => {}
-    }
-    classify_http1(buf)
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -186,7 +208,7 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn classify_http1(buf: &[u8]) -> Step {
+fn classify_http1(buf: &[u8], target_scanned: &mut usize) -> Step {
     let head = buf.get(..MAX_METHOD_PEEK).unwrap_or(buf);
     let method_len = match head.iter().position(|&b| !is_tchar(b)) {
         // All token characters so far: wait for the space unless 16 bytes already passed.
@@ -201,7 +223,7 @@ fn classify_http1(buf: &[u8]) -> Step {
         return Step::Done(Detected::Http1);
     }
     let rest = buf.get(method_len.saturating_add(1)..).unwrap_or_default();
-    match request_line_tail(rest) {
+    match request_line_tail(rest, target_scanned) {
         Some(true) => Step::Done(Detected::Http1),
         Some(false) => Step::Done(Detected::Opaque),
         None => Step::NeedMore,
@@ -209,15 +231,23 @@ fn classify_http1(buf: &[u8]) -> Step {
 }
 
 /// Checks `target SP HTTP/1.x (CR) LF` incrementally: `Some(true)` matches, `Some(false)`
-/// cannot match, `None` is a matching prefix so far.
-fn request_line_tail(rest: &[u8]) -> Option<bool> {
+/// cannot match, `None` is a matching prefix so far. `scanned` bytes of `rest` are already
+/// known to be request-target characters.
+fn request_line_tail(rest: &[u8], scanned: &mut usize) -> Option<bool> {
     // request-target: visible ASCII, no spaces (RFC 9112 §3.2).
-    let target_len = match rest.iter().position(|&b| !b.is_ascii_graphic()) {
-        None => return None,
-        Some(0) => return Some(false),
-        Some(i) if rest.get(i) == Some(&b' ') => i,
-        Some(_) => return Some(false),
+    let from = (*scanned).min(rest.len());
+    let unscanned = rest.get(from..).unwrap_or_default();
+    let target_len = match unscanned.iter().position(|&b| !b.is_ascii_graphic()) {
+        None => {
+            *scanned = rest.len();
+            return None;
+        }
+        Some(i) => from.saturating_add(i),
     };
+    match rest.get(target_len) {
+        Some(b' ') if target_len > 0 => {}
+        _ => return Some(false),
+    }
     let version = rest.get(target_len.saturating_add(1)..).unwrap_or_default();
     const HTTP1: &[u8] = b"HTTP/1.";
     let Some(after) = version.strip_prefix(HTTP1) else {
@@ -242,13 +272,28 @@ mod tests {
 
     use super::*;
 
-    fn decided(buf: &[u8]) -> Option<Detected> {
-        match classify(buf) {
+    fn outcome(step: Step) -> Option<Detected> {
+        match step {
             Step::Done(d) => Some(d),
             Step::NeedMore => None,
             Step::TooLarge => panic!("too large"),
             Step::InvalidTls(r) => panic!("invalid tls {r}"),
         }
+    }
+
+    /// The decision on `buf`, checking that feeding it one byte at a time through one
+    /// classifier (as `detect` does with 1-byte reads) decides the same, no later.
+    fn decided(buf: &[u8]) -> Option<Detected> {
+        let whole = outcome(Classifier::default().step(buf));
+        let mut incremental = Classifier::default();
+        for n in 1..=buf.len() {
+            if let Some(d) = outcome(incremental.step(&buf[..n])) {
+                assert_eq!(Some(d), whole, "{buf:?} decided early at {n}");
+                return whole;
+            }
+        }
+        assert_eq!(whole, None, "{buf:?}");
+        whole
     }
 
     #[test]

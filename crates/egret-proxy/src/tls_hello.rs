@@ -67,9 +67,10 @@ pub struct ClientHello {
 pub enum Parse {
     /// A complete, well-formed ClientHello.
     Complete(ClientHello),
-    /// Looks like TLS so far; at least this many bytes in total (from the start of the
-    /// connection) are needed before the answer can change. May exceed
-    /// [`MAX_CLIENT_HELLO_BYTES`]: callers cap.
+    /// Looks like TLS so far but the hello is incomplete. For no longer buffer (starting with
+    /// the same bytes) shorter than this many bytes can the answer be `Complete` or `NotTls`
+    /// (malformed bytes may show up as `Invalid` earlier), so callers need not re-parse
+    /// before they have it. May exceed [`MAX_CLIENT_HELLO_BYTES`]: callers cap.
     NeedMore(usize),
     /// The bytes are not a TLS handshake record (first byte not 0x16, or not version 3.x).
     NotTls,
@@ -116,14 +117,15 @@ fn record_prefix(buf: &[u8]) -> Prefix {
         Some(&CONTENT_TYPE_HANDSHAKE) => {}
         Some(_) => return Prefix::NotTls,
     }
+    // NeedMore(len + 1) here, not 5: the next byte may already make this "not TLS".
     match buf.get(1) {
-        None => return Prefix::NeedMore(RECORD_HEADER_LEN),
+        None => return Prefix::NeedMore(2),
         Some(3) => {}
         Some(_) => return Prefix::NotTls,
     }
     // legacy_record_version 3.0 (SSL 3) .. 3.4; clients send 3.1 or 3.3 in practice.
     match buf.get(2) {
-        None => Prefix::NeedMore(RECORD_HEADER_LEN),
+        None => Prefix::NeedMore(3),
         Some(0..=4) => Prefix::Tls,
         Some(_) => Prefix::NotTls,
     }
@@ -591,6 +593,8 @@ mod tests {
                     Parse::NeedMore(need) => {
                         assert!(need > n, "chunk {chunk} prefix {n}: need {need}");
                         assert!(need <= buf.len(), "chunk {chunk} prefix {n}: need {need}");
+                        // Nothing shorter than `need` can complete.
+                        assert!(matches!(parse(&buf[..need - 1]), Parse::NeedMore(_)));
                     }
                     other => panic!("chunk {chunk} prefix {n}: {other:?}"),
                 }
@@ -615,7 +619,9 @@ mod tests {
         assert_eq!(parse(&[0x16, 0x03, 0x09]), Parse::NotTls);
         assert_eq!(parse(&[0x80, 0x2e, 0x01]), Parse::NotTls);
         assert_eq!(parse(&[]), Parse::NeedMore(1));
-        assert_eq!(parse(&[0x16]), Parse::NeedMore(5));
+        assert_eq!(parse(&[0x16]), Parse::NeedMore(2));
+        assert_eq!(parse(&[0x16, 0x03]), Parse::NeedMore(3));
+        assert_eq!(parse(&[0x16, 0x03, 0x01]), Parse::NeedMore(9));
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Upstreams {
         } else {
             format!("{host}.")
         };
-        let ips: Vec<IpAddr> = r
+        let mut ips: Vec<IpAddr> = r
             .lookup_ip(name.as_str())
             .await
             .map_err(|e| UpstreamError::Resolve {
@@ -136,6 +136,11 @@ impl Upstreams {
             })?
             .iter()
             .collect();
+        // Istio's clusters look up IPv4 only unless the mesh is dual-stack: use IPv6
+        // addresses only for names that have no IPv4 address.
+        if ips.iter().any(IpAddr::is_ipv4) {
+            ips.retain(IpAddr::is_ipv4);
+        }
         if ips.is_empty() {
             return Err(UpstreamError::Resolve {
                 host: host.to_string(),
@@ -187,7 +192,7 @@ impl Upstreams {
                 let j = if cluster.resolution == Resolution::DnsRoundRobin {
                     0
                 } else {
-                    state.map_or(0, |s| s.next.load(Ordering::Relaxed)) % ips.len()
+                    state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed)) % ips.len()
                 };
                 Ok(Picked {
                     addr: SocketAddr::new(ips[j], ep.port),

@@ -377,6 +377,19 @@ async fn http2_preface_in_pieces() {
     );
 }
 
+/// An extension method keeps detection waiting for the request line; a "target" that never
+/// ends is opaque at the cap, and a byte-at-a-time client costs linear work to get there.
+#[tokio::test]
+async fn long_unfinished_request_line_is_opaque_at_the_cap() {
+    let mut data = b"PROPFIND /".to_vec();
+    data.resize(MAX_PEEK + 100, b'a');
+    let (detected, bytes) = detect_all(&data, 1).await.unwrap();
+    assert_eq!(detected, Detected::Opaque);
+    assert_eq!(bytes.len(), MAX_PEEK);
+    let (detected, _) = detect_all(b"PROPFIND /dav HTTP/1.1\r\n", 1).await.unwrap();
+    assert_eq!(detected, Detected::Http1);
+}
+
 #[tokio::test]
 async fn opaque_binary() {
     let data = [0x00, 0x00, 0x00, 0x2c, 0x0a, 0x01, 0xff];

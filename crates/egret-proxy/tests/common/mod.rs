@@ -1,0 +1,210 @@
+//! In-process end-to-end harness: a real sidecar (`egret_proxy::sidecar::start`) on loopback,
+//! real test servers, and a "capture shim" standing in for iptables: a local listener whose
+//! connections are served as if they had been redirected from a given original destination
+//! (linkerd's MockOrigDst idea). No root needed.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use egret_model::{ProxyIdentity, Role};
+use egret_proxy::config::SourceConfig;
+use egret_proxy::sidecar::{self, Running, SidecarOptions};
+use egret_proxy::tls::CredentialStore;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+pub struct Sidecar {
+    pub running: Running,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("egret-e2e-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Sidecar {
+    pub async fn start(yaml: &str) -> Sidecar {
+        Self::start_with(yaml, &[]).await
+    }
+
+    pub async fn start_with(yaml: &str, labels: &[(&str, &str)]) -> Sidecar {
+        let dir = temp_dir("sidecar");
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let opts = SidecarOptions {
+            source: SourceConfig {
+                paths: vec![config.clone()],
+                mesh_config: None,
+                proxy: ProxyIdentity {
+                    role: Role::Sidecar,
+                    namespace: "default".into(),
+                    service_account: "sleep".into(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                },
+                credentials: CredentialStore {
+                    dir: Some(dir.join("credentials")),
+                },
+                poll: Duration::from_millis(50),
+            },
+            outbound: None,
+            explicit: Some("127.0.0.1:0".parse().unwrap()),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            drain: Duration::from_secs(2),
+            detect_timeout: Duration::from_millis(200),
+        };
+        let running = sidecar::start(opts, None).await.expect("sidecar starts");
+        Sidecar {
+            running,
+            dir,
+            config,
+        }
+    }
+
+    /// A local address whose connections the sidecar serves as captured traffic to `orig_dst`.
+    pub async fn capture(&self, orig_dst: SocketAddr) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let proxy = self.running.proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((s, peer)) = l.accept().await {
+                tokio::spawn(proxy.clone().serve_captured(s, peer, orig_dst));
+            }
+        });
+        addr
+    }
+
+    /// Rewrite the configuration and wait until the sidecar serves a new version (or the
+    /// rejection counter moves).
+    pub async fn reconfigure(&self, yaml: &str) {
+        let before = self.running.proxy.state.load().snapshot.version.clone();
+        let rejected = self.running.proxy.metrics.config_rejected.get();
+        std::fs::write(&self.config, yaml).unwrap();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.running.proxy.state.load().snapshot.version != before
+                || self.running.proxy.metrics.config_rejected.get() != rejected
+            {
+                return;
+            }
+        }
+        panic!("configuration change not picked up");
+    }
+
+    pub fn explicit(&self) -> SocketAddr {
+        self.running.explicit.unwrap()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// One HTTP/1.1 GET over a fresh connection to `addr`, with `Host: host`.
+pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut c = Client::connect(addr).await;
+    c.request("GET", host, path, headers).await
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        self.try_request(method, host, path, headers).await.unwrap()
+    }
+
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Empty::<Bytes>::new()).unwrap();
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).to_string(),
+        })
+    }
+}
+
+/// Run curl with arguments; (exit code, stdout).
+pub async fn curl(args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}
