@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use egret_model::snapshot::{
-    Cluster, HeaderOps, HttpMatch, HttpRoute, OutboundMode, RouteAction, StrMatch, WeightedCluster,
-    BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER,
+    BLACKHOLE_CLUSTER, Cluster, HeaderOps, HttpMatch, HttpRoute, OutboundMode, PASSTHROUGH_CLUSTER,
+    RouteAction, StrMatch, WeightedCluster,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -27,12 +27,14 @@ pub type RespBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// A response egret makes itself.
 pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
     );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
@@ -207,18 +209,25 @@ async fn route_and_forward(
             let Some(dest) = pick_weighted(dests) else {
                 out.status = 503;
                 out.flags = "UH";
-                return (local(StatusCode::SERVICE_UNAVAILABLE, "no destination\n"), out, authority);
+                return (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no destination\n"),
+                    out,
+                    authority,
+                );
             };
             let Some(cluster) = snap.cluster(&dest.cluster) else {
                 out.status = 503;
                 out.flags = "NC";
                 out.cluster = dest.cluster.clone();
-                return (local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"), out, authority);
+                return (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"),
+                    out,
+                    authority,
+                );
             };
             out.cluster = cluster.name.clone();
             let req = rewrite(req, route, matched, &host, &authority);
-            let (resp, o) =
-                forward(proxy, conn, &rt, cluster, route, dest, req, &host, out).await;
+            let (resp, o) = forward(proxy, conn, &rt, cluster, route, dest, req, &host, out).await;
             (resp, o, authority)
         }
     }
@@ -258,7 +267,11 @@ async fn outbound_policy(
         out.status = 502;
         out.flags = "UF";
         out.details = "loop";
-        return (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out, authority);
+        return (
+            local(StatusCode::BAD_GATEWAY, "refusing to loop\n"),
+            out,
+            authority,
+        );
     }
     tracing::info!(target: "policy", host, %addr, "ALLOW_ANY: passthrough");
     let req = strip_hop_by_hop(req, &authority);
@@ -280,7 +293,11 @@ async fn outbound_policy(
         Err(_) => {
             out.status = 503;
             out.flags = "UC";
-            (local(StatusCode::SERVICE_UNAVAILABLE, "upstream reset\n"), out, authority)
+            (
+                local(StatusCode::SERVICE_UNAVAILABLE, "upstream reset\n"),
+                out,
+                authority,
+            )
         }
     }
 }
@@ -295,7 +312,10 @@ fn upstream_failed(
     out.details = "upstream_connect_failure";
     tracing::warn!(target: "upstream", "{e}");
     (
-        local(StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error: {e}\n")),
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream connect error: {e}\n"),
+        ),
         out,
         authority,
     )
@@ -394,10 +414,11 @@ fn one_match(m: &HttpMatch, req: &Request<Incoming>, port: u16) -> bool {
 }
 
 fn authority_of_ref(req: &Request<Incoming>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// `{}` (None) = the header is present; otherwise any value matching.
@@ -544,12 +565,18 @@ fn apply_headers(h: &mut http::HeaderMap, ops: &HeaderOps) {
         h.remove(name.as_str());
     }
     for (k, v) in &ops.set {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             h.insert(k, v);
         }
     }
     for (k, v) in &ops.add {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             h.append(k, v);
         }
     }
@@ -598,7 +625,11 @@ async fn forward(
     let mut last_err = None;
     let mut conn_to = None;
     for _ in 0..attempts {
-        let p = match proxy.upstreams.pick(cluster, state, conn.orig_dst, host).await {
+        let p = match proxy
+            .upstreams
+            .pick(cluster, state, conn.orig_dst, host)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 last_err = Some(e);
@@ -718,7 +749,10 @@ async fn exchange(
         });
     }
     let mut resp = resp.map(|b| b.boxed());
-    for name in HOP_BY_HOP.iter().filter(|n| **n != "upgrade" && **n != "connection") {
+    for name in HOP_BY_HOP
+        .iter()
+        .filter(|n| **n != "upgrade" && **n != "connection")
+    {
         resp.headers_mut().remove(*name);
     }
     Ok(resp)
@@ -739,9 +773,18 @@ mod tests {
 
     #[test]
     fn authority_forms() {
-        assert_eq!(split_authority("Example.COM."), ("example.com".into(), None));
-        assert_eq!(split_authority("a.test:8080"), ("a.test".into(), Some(8080)));
+        assert_eq!(
+            split_authority("Example.COM."),
+            ("example.com".into(), None)
+        );
+        assert_eq!(
+            split_authority("a.test:8080"),
+            ("a.test".into(), Some(8080))
+        );
         assert_eq!(split_authority("[::1]:443"), ("::1".into(), Some(443)));
-        assert_eq!(split_authority("user@a.test:81"), ("a.test".into(), Some(81)));
+        assert_eq!(
+            split_authority("user@a.test:81"),
+            ("a.test".into(), Some(81))
+        );
     }
 }

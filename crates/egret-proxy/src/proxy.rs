@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use egret_model::snapshot::{L4Chain, ListenerProtocol, OutboundMode, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use egret_model::snapshot::{
+    BLACKHOLE_CLUSTER, L4Chain, ListenerProtocol, OutboundMode, PASSTHROUGH_CLUSTER,
+};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -92,7 +94,12 @@ impl Proxy {
     }
 
     /// Serve a captured connection whose original destination is `orig_dst`.
-    pub async fn serve_captured(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, orig_dst: SocketAddr) {
+    pub async fn serve_captured(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        orig_dst: SocketAddr,
+    ) {
         // A connection made straight to our port (not redirected) reports our own address as
         // its original destination: forwarding it would loop forever.
         if stream.local_addr().ok() == Some(orig_dst) || self.is_self(orig_dst) {
@@ -126,7 +133,9 @@ impl Proxy {
             Some(ListenerProtocol::Tcp) => {
                 if let Some(chain) = listener.and_then(|l| l.tcp_chain(dst_ip)) {
                     let chain = chain.clone();
-                    return self.forward_l4(&rt, &chain, stream, Bytes::new(), conn, None, "tcp").await;
+                    return self
+                        .forward_l4(&rt, &chain, stream, Bytes::new(), conn, None, "tcp")
+                        .await;
                 }
             }
             _ => {}
@@ -152,17 +161,25 @@ impl Proxy {
                 match listener.and_then(|l| l.tls_chain(sni.as_deref(), dst_ip)) {
                     Some(chain) => {
                         let chain = chain.clone();
-                        self.forward_l4(&rt, &chain, stream, prefix, conn, sni, "tls").await
+                        self.forward_l4(&rt, &chain, stream, prefix, conn, sni, "tls")
+                            .await
                     }
-                    None => self.outbound_l4(&rt, stream, prefix, conn, sni, "tls").await,
+                    None => {
+                        self.outbound_l4(&rt, stream, prefix, conn, sni, "tls")
+                            .await
+                    }
                 }
             }
             Detected::Opaque => match listener.and_then(|l| l.tcp_chain(dst_ip)) {
                 Some(chain) => {
                     let chain = chain.clone();
-                    self.forward_l4(&rt, &chain, stream, prefix, conn, None, "tcp").await
+                    self.forward_l4(&rt, &chain, stream, prefix, conn, None, "tcp")
+                        .await
                 }
-                None => self.outbound_l4(&rt, stream, prefix, conn, None, "tcp").await,
+                None => {
+                    self.outbound_l4(&rt, stream, prefix, conn, None, "tcp")
+                        .await
+                }
             },
         }
     }
@@ -213,7 +230,11 @@ impl Proxy {
         self.metrics.connection("passthrough", protocol);
         tracing::info!(target: "policy", %dst, sni = sni.as_deref().unwrap_or("-"), "ALLOW_ANY: passthrough");
         let start = Instant::now();
-        match self.upstreams.connect_tcp(dst, Duration::from_secs(10)).await {
+        match self
+            .upstreams
+            .connect_tcp(dst, Duration::from_secs(10))
+            .await
+        {
             Ok(up) => {
                 let (tx, rx) = relay(stream, prefix, up).await;
                 tracing::info!(
@@ -247,7 +268,9 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let start = Instant::now();
-        let Some(dest) = pick(&chain.route) else { return };
+        let Some(dest) = pick(&chain.route) else {
+            return;
+        };
         let Some(cluster) = rt.snapshot.cluster(&dest.cluster) else {
             self.metrics.connection("upstream_error", protocol);
             return;
@@ -272,15 +295,27 @@ impl Proxy {
         };
         let timeout = cluster.policy.connection_pool.connect_timeout.to_std();
         let originate = if protocol == "tcp" {
-            state
-                .and_then(|s| s.tls.as_ref())
-                .map(|c| (c, cluster.policy.tls.sni.clone().unwrap_or_else(|| cluster.host.clone())))
+            state.and_then(|s| s.tls.as_ref()).map(|c| {
+                (
+                    c,
+                    cluster
+                        .policy
+                        .tls
+                        .sni
+                        .clone()
+                        .unwrap_or_else(|| cluster.host.clone()),
+                )
+            })
         } else {
             None
         };
         let up = match self
             .upstreams
-            .connect(picked.addr, timeout, originate.as_ref().map(|(c, s)| (*c, s.as_str())))
+            .connect(
+                picked.addr,
+                timeout,
+                originate.as_ref().map(|(c, s)| (*c, s.as_str())),
+            )
             .await
         {
             Ok(s) => s,
@@ -320,7 +355,11 @@ impl Proxy {
         }
     }
 
-    async fn explicit_request(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+    async fn explicit_request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<RespBody> {
         if h::is_connect(&req) {
             let Some(auth) = req.uri().authority().map(|a| a.to_string()) else {
                 return h::bad_request("CONNECT needs host:port\n");
@@ -359,7 +398,9 @@ impl Proxy {
             return h::local(StatusCode::OK, "");
         }
         if req.uri().authority().is_none() {
-            return h::bad_request("explicit proxy requests need an absolute URI (http://host/path)\n");
+            return h::bad_request(
+                "explicit proxy requests need an absolute URI (http://host/path)\n",
+            );
         }
         let conn = Arc::new(ConnInfo {
             peer,
@@ -374,7 +415,9 @@ impl Proxy {
     }
 }
 
-fn pick(dests: &[egret_model::snapshot::WeightedCluster]) -> Option<&egret_model::snapshot::WeightedCluster> {
+fn pick(
+    dests: &[egret_model::snapshot::WeightedCluster],
+) -> Option<&egret_model::snapshot::WeightedCluster> {
     match dests {
         [] => None,
         [one] => Some(one),

@@ -95,7 +95,10 @@ pub fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
     addr.ok()?.as_socket()
 }
 
-pub async fn start(opts: SidecarOptions, set_log_level: Option<SetLogLevel>) -> Result<Running, StartError> {
+pub async fn start(
+    opts: SidecarOptions,
+    set_log_level: Option<SetLogLevel>,
+) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let first = {
         let src = opts.source.clone();
@@ -137,7 +140,12 @@ pub async fn start(opts: SidecarOptions, set_log_level: Option<SetLogLevel>) -> 
     let mut tasks = Vec::new();
 
     if let Some(l) = outbound {
-        let (p, a, m, mut stop) = (proxy.clone(), active.clone(), metrics.clone(), shutdown.subscribe());
+        let (p, a, m, mut stop) = (
+            proxy.clone(),
+            active.clone(),
+            metrics.clone(),
+            shutdown.subscribe(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -159,7 +167,12 @@ pub async fn start(opts: SidecarOptions, set_log_level: Option<SetLogLevel>) -> 
         }));
     }
     if let Some(l) = explicit {
-        let (p, a, m, mut stop) = (proxy.clone(), active.clone(), metrics.clone(), shutdown.subscribe());
+        let (p, a, m, mut stop) = (
+            proxy.clone(),
+            active.clone(),
+            metrics.clone(),
+            shutdown.subscribe(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -184,7 +197,11 @@ pub async fn start(opts: SidecarOptions, set_log_level: Option<SetLogLevel>) -> 
         set_log_level,
     });
     tasks.push(tokio::spawn(admin.serve(admin_l)));
-    tasks.push(tokio::spawn(config::watch(opts.source.clone(), state, metrics)));
+    tasks.push(tokio::spawn(config::watch(
+        opts.source.clone(),
+        state,
+        metrics,
+    )));
     // The first snapshot is in and every listener is bound.
     ready.store(true, Ordering::Release);
     Ok(Running {

@@ -13,8 +13,8 @@ use egret_config::types::ClientTlsMode;
 use egret_model::snapshot::{UpstreamTls, Verify};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +120,10 @@ pub fn client_config(
     let verifier: Arc<dyn ServerCertVerifier> = match &t.verify {
         Verify::InsecureSkip => Arc::new(NoVerify(provider())),
         Verify::CaFile(p) => san_verifier(roots_from(p)?, &t.subject_alt_names)?,
-        Verify::Credential(name) => {
-            san_verifier(roots_from(&cred_file(name, "ca.crt")?)?, &t.subject_alt_names)?
-        }
+        Verify::Credential(name) => san_verifier(
+            roots_from(&cred_file(name, "ca.crt")?)?,
+            &t.subject_alt_names,
+        )?,
         Verify::SystemRoots | Verify::MeshRoots => {
             san_verifier(system_roots()?, &t.subject_alt_names)?
         }

@@ -196,7 +196,11 @@ impl Upstreams {
                 };
                 Ok(Picked {
                     addr: SocketAddr::new(ips[j], ep.port),
-                    name: ep.address.parse::<IpAddr>().is_err().then(|| ep.address.clone()),
+                    name: ep
+                        .address
+                        .parse::<IpAddr>()
+                        .is_err()
+                        .then(|| ep.address.clone()),
                 })
             }
         }
@@ -235,10 +239,13 @@ impl Upstreams {
         };
         let name = rustls::pki_types::ServerName::try_from(sni.to_string())
             .map_err(|e| tls_err(e.to_string()))?;
-        let s = tokio::time::timeout(timeout, TlsConnector::from(config.clone()).connect(name, tcp))
-            .await
-            .map_err(|_| tls_err(format!("handshake timed out after {timeout:?}")))?
-            .map_err(|e| tls_err(e.to_string()))?;
+        let s = tokio::time::timeout(
+            timeout,
+            TlsConnector::from(config.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| tls_err(format!("handshake timed out after {timeout:?}")))?
+        .map_err(|e| tls_err(e.to_string()))?;
         Ok(Box::new(s))
     }
 
@@ -257,12 +264,13 @@ impl Upstreams {
             return Ok((s, Returner { key }));
         }
         let io = self.connect(addr, timeout, tls).await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| UpstreamError::Handshake {
-                addr,
-                reason: e.to_string(),
-            })?;
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| UpstreamError::Handshake {
+                    addr,
+                    reason: e.to_string(),
+                })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
@@ -303,7 +311,11 @@ impl Upstreams {
     pub fn idle_connections(&self) -> usize {
         self.idle
             .lock()
-            .map(|m| m.values().map(|v| v.iter().filter(|s| !s.is_closed()).count()).sum())
+            .map(|m| {
+                m.values()
+                    .map(|v| v.iter().filter(|s| !s.is_closed()).count())
+                    .sum()
+            })
             .unwrap_or(0)
     }
 }
@@ -325,7 +337,11 @@ fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, n: usize) -> usize 
     if n == 1 {
         return 0;
     }
-    let total: u64 = cluster.endpoints.iter().map(|e| u64::from(e.weight.max(1))).sum();
+    let total: u64 = cluster
+        .endpoints
+        .iter()
+        .map(|e| u64::from(e.weight.max(1)))
+        .sum();
     let weighted = |ticket: u64| {
         let mut t = ticket % total.max(1);
         for (i, e) in cluster.endpoints.iter().enumerate() {

@@ -69,7 +69,14 @@ async fn service_entry_without_virtual_service_routes_to_its_endpoint() {
 
 #[tokio::test]
 async fn first_matching_route_wins_with_every_match_kind() {
-    let (a, b, c, d, e, f) = (server("a"), server("b"), server("c"), server("d"), server("e"), server("f"));
+    let (a, b, c, d, e, f) = (
+        server("a"),
+        server("b"),
+        server("c"),
+        server("d"),
+        server("e"),
+        server("f"),
+    );
     let yaml = format!(
         "{}{}{}{}{}{}{}---
 apiVersion: networking.istio.io/v1
@@ -109,12 +116,21 @@ spec:
     // Regexes match the whole path (Envoy safe_regex).
     assert_eq!(who(&cl.request("GET", h, "/re/42x", &[]).await), "f");
     assert_eq!(who(&cl.request("POST", h, "/p/1", &[]).await), "c");
-    assert_eq!(who(&cl.request("GET", h, "/x", &[("x-user", "alice")]).await), "d");
+    assert_eq!(
+        who(&cl.request("GET", h, "/x", &[("x-user", "alice")]).await),
+        "d"
+    );
     assert_eq!(who(&cl.request("GET", h, "/x?v=2", &[]).await), "d");
     assert_eq!(who(&cl.request("GET", h, "/p/1", &[]).await), "e");
-    assert_eq!(who(&cl.request("GET", h, "/p/1", &[("x-skip", "1")]).await), "f");
+    assert_eq!(
+        who(&cl.request("GET", h, "/p/1", &[("x-skip", "1")]).await),
+        "f"
+    );
     // /exact is earlier than the catch-all: first match wins even though both match.
-    assert_eq!(who(&cl.request("GET", h, "/exact", &[("x-user", "alice")]).await), "a");
+    assert_eq!(
+        who(&cl.request("GET", h, "/exact", &[("x-user", "alice")]).await),
+        "a"
+    );
 }
 
 #[tokio::test]
@@ -135,8 +151,14 @@ spec:
     );
     let sc = Sidecar::start(&yaml).await;
     let cap = sc.capture(dialed()).await;
-    assert_eq!(get(cap, "api.example.test", "/only/x", &[]).await.status, 200);
-    assert_eq!(get(cap, "api.example.test", "/other", &[]).await.status, 404);
+    assert_eq!(
+        get(cap, "api.example.test", "/only/x", &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(cap, "api.example.test", "/other", &[]).await.status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -168,7 +190,10 @@ spec:
             to_a += 1;
         }
     }
-    assert!((750..=850).contains(&to_a), "80/20 split gave {to_a}/{n} to a");
+    assert!(
+        (750..=850).contains(&to_a),
+        "80/20 split gave {to_a}/{n} to a"
+    );
 }
 
 #[tokio::test]
@@ -205,7 +230,11 @@ spec:
     let r = get(cap, "api.example.test", "/old", &[("x-drop-me", "1")]).await;
     assert_eq!(r.status, 200);
     assert!(r.body.contains("GET /headers"), "{}", r.body);
-    assert!(r.body.contains("host: rewritten.example.test"), "{}", r.body);
+    assert!(
+        r.body.contains("host: rewritten.example.test"),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("x-set: one"), "{}", r.body);
     assert!(r.body.contains("x-added: two"), "{}", r.body);
     assert!(!r.body.contains("x-drop-me"), "{}", r.body);
@@ -239,8 +268,17 @@ spec:
     let r = get(cap, "api.example.test", "/delay/2", &[]).await;
     assert_eq!(r.status, 504);
     assert_eq!(r.body, "upstream request timeout");
-    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
-    assert_eq!(get(cap, "api.example.test", "/delay/0.05", &[]).await.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        get(cap, "api.example.test", "/delay/0.05", &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -253,14 +291,25 @@ async fn registry_only_answers_502_for_unknown_hosts_and_allow_any_passes_throug
     assert_eq!(get(cap, "unknown.example.test", "/", &[]).await.status, 502);
     let cap = sc.capture(a.plain_addrs()[0]).await;
     assert_eq!(get(cap, "unknown.example.test", "/", &[]).await.status, 502);
-    assert_eq!(get(cap, "api.example.test", "/", &[]).await.status, 502, "port {} has no service", port(&a));
+    assert_eq!(
+        get(cap, "api.example.test", "/", &[]).await.status,
+        502,
+        "port {} has no service",
+        port(&a)
+    );
     // ALLOW_ANY (the default): the same request passes through to where it was going.
     sc.reconfigure(&se("api", "api.example.test", &a)).await;
     let r = get(cap, "unknown.example.test", "/", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "hello from a\n"));
     let m = sc.running.proxy.metrics.encode();
-    assert!(m.contains("egret_outbound_requests_total{outcome=\"blackhole\",protocol=\"http\"} 3"), "{m}");
-    assert!(m.contains("egret_outbound_requests_total{outcome=\"passthrough\",protocol=\"http\"} 1"), "{m}");
+    assert!(
+        m.contains("egret_outbound_requests_total{outcome=\"blackhole\",protocol=\"http\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("egret_outbound_requests_total{outcome=\"passthrough\",protocol=\"http\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -299,7 +348,10 @@ spec:
         *seen.entry(r.body).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(seen.values().all(|n| *n == 10), "round robin is even: {seen:?}");
+    assert!(
+        seen.values().all(|n| *n == 10),
+        "round robin is even: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -321,7 +373,10 @@ spec:
     );
     let sc = Sidecar::start(&yaml).await;
     let cap = sc.capture(dialed()).await;
-    assert_eq!(get(cap, "api.example.test", "/", &[]).await.body, "hello from a\n");
+    assert_eq!(
+        get(cap, "api.example.test", "/", &[]).await.body,
+        "hello from a\n"
+    );
 }
 
 #[tokio::test]
@@ -333,7 +388,11 @@ async fn upstream_connections_are_pooled() {
         assert_eq!(get(cap, "api.example.test", "/", &[]).await.status, 200);
     }
     // 20 client connections, one after the other, share one upstream connection.
-    assert!(a.connections() <= 2, "upstream connections: {}", a.connections());
+    assert!(
+        a.connections() <= 2,
+        "upstream connections: {}",
+        a.connections()
+    );
 }
 
 #[tokio::test]
@@ -344,12 +403,27 @@ async fn explicit_proxy_absolute_form_and_connect() {
     let proxy = format!("http://{}", sc.explicit());
     let (code, body) = curl(&["-x", &proxy, "http://api.example.test/"]).await;
     assert_eq!((code, body.as_str()), (0, "hello from a\n"));
-    let (code, out) = curl(&["-x", &proxy, "-o", "/dev/null", "-w", "%{http_code}", "http://unknown.example.test/"]).await;
+    let (code, out) = curl(&[
+        "-x",
+        &proxy,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://unknown.example.test/",
+    ])
+    .await;
     assert_eq!((code, out.as_str()), (0, "502"));
     // A CONNECT tunnel is routed like captured traffic to its target: plain HTTP inside a
     // tunnel to an unregistered port is blocked by REGISTRY_ONLY (502 from inside the tunnel).
     let (code, out) = curl(&[
-        "-p", "-x", &proxy, "-o", "/dev/null", "-w", "%{http_code}",
+        "-p",
+        "-x",
+        &proxy,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
         &format!("http://127.0.0.1:{}/", port(&a)),
     ])
     .await;
@@ -365,7 +439,10 @@ async fn admin_ready_config_dump_and_metrics() {
     assert_eq!(r.status, 200);
     let r = get(admin, "localhost", "/config_dump", &[]).await;
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(v["version"], sc.running.proxy.state.load().snapshot.version.as_str());
+    assert_eq!(
+        v["version"],
+        sc.running.proxy.state.load().snapshot.version.as_str()
+    );
     assert!(r.body.contains("outbound|80||api.example.test"));
     let r = get(admin, "localhost", "/metrics", &[]).await;
     assert!(r.body.contains("egret_config_loaded_total 1"), "{}", r.body);

@@ -152,9 +152,8 @@ impl TestCa {
     /// A client certificate carrying a URI SAN (e.g. a SPIFFE id) and no CN.
     pub fn issue_client_uri(&self, uri: &str) -> Result<CertPair> {
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(
-            uri.to_string().try_into().context("URI SAN")?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.to_string().try_into().context("URI SAN")?)];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

@@ -308,7 +308,9 @@ mod tests {
     fn parses_a_answers() -> Result<()> {
         // id, flags, qd=1, an=2; question api.test A IN; two answers with name pointers.
         let mut m = vec![0, 1, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0];
-        m.extend_from_slice(&[3, b'a', b'p', b'i', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1]);
+        m.extend_from_slice(&[
+            3, b'a', b'p', b'i', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
+        ]);
         for last in [10u8, 11] {
             m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 203, 0, 113, last]);
         }

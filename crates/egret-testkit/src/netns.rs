@@ -9,15 +9,17 @@
 //!
 //! # The topology
 //!
+//! Four namespaces joined by veth pairs (each a /30; `name@ns address`):
+//!
 //! ```text
-//!                       198.51.100.53/32 on lo (dnsmasq)
-//!                               ┌─────┐
-//!         198.51.100.9/30 dns0 ─┤ dns ├─ gw0 198.51.100.14/30
-//!          (app0 .10)           └─────┘          (dns0 .13)
-//!  ┌─────┐                                          ┌─────────┐                    ┌──────────┐
-//!  │ app ├─ gw0 198.51.100.1/30 ──── app0 198.51.100.2/30 ─┤ gateway ├─ ext0 203.0.113.1/30 ──── gw0 203.0.113.2/30 ─┤ external │
-//!  └─────┘                                          └─────────┘                    └──────────┘
-//!     └─ ext0 203.0.113.5/30 ── (direct topology only) ── app0 203.0.113.6/30 ─┘    lo: 203.0.113.10, .11, .12 /32
+//! app ── gateway   gw0@app   198.51.100.1   ↔  app0@gateway  198.51.100.2
+//! app ── dns       dns0@app  198.51.100.9   ↔  app0@dns      198.51.100.10
+//! gateway ── dns   dns0@gw   198.51.100.13  ↔  gw0@dns       198.51.100.14
+//! gateway ── ext   ext0@gw   203.0.113.1    ↔  gw0@external  203.0.113.2
+//! app ── ext       ext0@app  203.0.113.5    ↔  app0@external 203.0.113.6   (Topology::direct only)
+//!
+//! dns      lo: 198.51.100.53/32            (dnsmasq, Topology::start_dns)
+//! external lo: 203.0.113.10, .11, .12 /32  (the external services; add more at will)
 //! ```
 //!
 //! Routes:
@@ -140,7 +142,10 @@ impl Netns {
 
     /// `ip -n <name> <args>`; a non-zero exit is an error.
     pub fn ip(&self, args: &[&str]) -> Result<()> {
-        run_ok(ip_cmd()?.arg("-n").arg(&self.name).args(args), COMMAND_TIMEOUT)?;
+        run_ok(
+            ip_cmd()?.arg("-n").arg(&self.name).args(args),
+            COMMAND_TIMEOUT,
+        )?;
         Ok(())
     }
 
@@ -153,15 +158,28 @@ impl Netns {
     /// Spawns a long-running `program args` inside the namespace; stdout and stderr go to
     /// `log`. The process is stopped when the returned handle drops (and killed, at the
     /// latest, when the namespace is deleted).
-    pub fn spawn(
-        &self,
-        program: &str,
-        args: &[&str],
-        log: &std::path::Path,
-    ) -> Result<Process> {
+    pub fn spawn(&self, program: &str, args: &[&str], log: &std::path::Path) -> Result<Process> {
         let mut cmd = self.command(program)?;
         cmd.args(args);
         Process::spawn(cmd, &format!("{program} in {}", self.name), log)
+    }
+
+    /// `ip netns exec <name> setpriv --reuid=<uid> --regid=<gid> --clear-groups -- <program>`:
+    /// a command that runs as another user inside the namespace.
+    pub fn command_as(&self, uid: u32, gid: u32, program: &str) -> Result<Command> {
+        require_program("setpriv")?;
+        let mut cmd = self.command("setpriv")?;
+        let program_path = crate::process::which(program)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| program.to_string());
+        cmd.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+            &program_path,
+        ]);
+        Ok(cmd)
     }
 
     /// Spawns `program args` inside the namespace as `uid`/`gid` (via `setpriv`), e.g. the
@@ -174,23 +192,9 @@ impl Netns {
         args: &[&str],
         log: &std::path::Path,
     ) -> Result<Process> {
-        let mut cmd = self.command("setpriv")?;
-        let program_path = crate::process::which(program)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| program.to_string());
-        cmd.args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "--",
-            &program_path,
-        ])
-        .args(args);
-        Process::spawn(
-            cmd,
-            &format!("{program} (uid {uid}) in {}", self.name),
-            log,
-        )
+        let mut cmd = self.command_as(uid, gid, program)?;
+        cmd.args(args);
+        Process::spawn(cmd, &format!("{program} (uid {uid}) in {}", self.name), log)
     }
 
     /// Points the namespace's resolver at `nameserver`: writes
@@ -525,13 +529,30 @@ impl Topology {
     }
 }
 
-fn veth(a: &Netns, a_if: &str, a_ip: Ipv4Addr, b: &Netns, b_if: &str, b_ip: Ipv4Addr) -> Result<()> {
+fn veth(
+    a: &Netns,
+    a_if: &str,
+    a_ip: Ipv4Addr,
+    b: &Netns,
+    b_if: &str,
+    b_ip: Ipv4Addr,
+) -> Result<()> {
     if a_if.len() > 15 || b_if.len() > 15 {
         bail!("interface names are limited to 15 characters: {a_if}, {b_if}");
     }
     let mut cmd = ip_cmd()?;
-    cmd.args(["link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name"])
-        .args([b_if, "netns", b.name()]);
+    cmd.args([
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+    ])
+    .args([b_if, "netns", b.name()]);
     run_ok(&mut cmd, COMMAND_TIMEOUT).with_context(|| describe(&cmd))?;
     a.ip(&["addr", "add", &format!("{a_ip}/30"), "dev", a_if])?;
     b.ip(&["addr", "add", &format!("{b_ip}/30"), "dev", b_if])?;

@@ -102,7 +102,9 @@ impl Nginx {
         // Check the configuration first: a clear error beats a process that exits at once.
         let check = netns.exec(
             &nginx.to_string_lossy(),
-            &["-t", "-q", "-p", &prefix, "-c", &conf_path, "-e", &error_log],
+            &[
+                "-t", "-q", "-p", &prefix, "-c", &conf_path, "-e", &error_log,
+            ],
         )?;
         if !check.success() {
             bail!(
@@ -131,17 +133,13 @@ impl Nginx {
         for addr in &config.addrs {
             for port in &ports {
                 let sa = SocketAddr::new(*addr, *port);
-                let ready = wait_until(
-                    &format!("nginx on {sa}"),
-                    Duration::from_secs(10),
-                    || {
-                        process.check_running()?;
-                        Ok(netns
-                            .connect_tcp(sa, Duration::from_millis(500))
-                            .ok()
-                            .map(|_| ()))
-                    },
-                );
+                let ready = wait_until(&format!("nginx on {sa}"), Duration::from_secs(10), || {
+                    process.check_running()?;
+                    Ok(netns
+                        .connect_tcp(sa, Duration::from_millis(500))
+                        .ok()
+                        .map(|_| ()))
+                });
                 if let Err(e) = ready {
                     bail!(
                         "{e:#}\nnginx error log:\n{}",

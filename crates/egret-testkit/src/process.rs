@@ -412,10 +412,7 @@ mod tests {
         assert_eq!(out.stdout, "hi\n");
         assert_eq!(out.stderr, "err\n");
         let start = Instant::now();
-        let err = run_command(
-            Command::new("sleep").arg("10"),
-            Duration::from_millis(200),
-        );
+        let err = run_command(Command::new("sleep").arg("10"), Duration::from_millis(200));
         assert!(err.is_err());
         assert!(start.elapsed() < Duration::from_secs(3));
         Ok(())

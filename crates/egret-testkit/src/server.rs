@@ -105,17 +105,20 @@ pub fn tls_acceptor(cert: &CertPair, client_ca_pem: Option<&str>) -> Result<TlsA
             for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 roots.add(c.context("client CA PEM")?)?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .context("client verifier")?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .context("client verifier")?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .context("certificate PEM")?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("certificate PEM")?;
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).context("key PEM")?;
     let mut config = builder
         .with_single_cert(chain, key)
@@ -155,7 +158,10 @@ pub async fn serve(
                 };
                 let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 if log {
-                    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    let local = stream
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
                     println!(
                         "accept conn={id} peer={peer} local={local} tls={}",
                         acceptor.is_some()
@@ -237,14 +243,22 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Full<Bytes>
             _ => text(StatusCode::BAD_REQUEST, "bad delay\n"),
         }
     } else if let Some(code) = path.strip_prefix("/status/") {
-        match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(status) => text(status, format!("status {}\n", status.as_u16())),
             None => text(StatusCode::BAD_REQUEST, "bad status\n"),
         }
     } else if path == "/headers" {
         let mut s = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
         for (k, v) in req.headers() {
-            s.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
+            s.push_str(&format!(
+                "{}: {}\n",
+                k,
+                String::from_utf8_lossy(v.as_bytes())
+            ));
         }
         text(StatusCode::OK, s)
     } else if path == "/echo" {
@@ -282,7 +296,11 @@ pub fn run_from_args(args: &[String]) -> Result<()> {
     let (mut cert, mut key, mut client_ca) = (None, None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().with_context(|| format!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--name" => name = value()?,
             "--listen" => plain.push(value()?.parse::<SocketAddr>().context("--listen")?),
@@ -327,7 +345,15 @@ pub fn run_from_args(args: &[String]) -> Result<()> {
         let plain = bind(plain).await?;
         let tls = bind(tls).await?;
         println!("listening name={name}");
-        serve(&name, plain, tls, acceptor, Arc::new(Stats::default()), true).await
+        serve(
+            &name,
+            plain,
+            tls,
+            acceptor,
+            Arc::new(Stats::default()),
+            true,
+        )
+        .await
     })
 }
 
@@ -388,11 +414,13 @@ impl TestServer {
         }
         if let Some(ca) = &config.client_ca_pem {
             std::fs::write(d.join("client-ca.pem"), ca)?;
-            args.extend(["--client-ca".into(), d.join("client-ca.pem").display().to_string()]);
+            args.extend([
+                "--client-ca".into(),
+                d.join("client-ca.pem").display().to_string(),
+            ]);
         }
         let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut process =
-            netns.spawn(&bin.to_string_lossy(), &args_ref, &d.join("server.log"))?;
+        let mut process = netns.spawn(&bin.to_string_lossy(), &args_ref, &d.join("server.log"))?;
         for addr in config.plain.iter().chain(&config.tls) {
             let ready = wait_until(
                 &format!("egret-test-server on {addr}"),
@@ -427,12 +455,18 @@ impl TestServer {
 
     /// Connections accepted so far (including the readiness probes' one per listener).
     pub fn connections(&self) -> usize {
-        self.log().lines().filter(|l| l.starts_with("accept ")).count()
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with("accept "))
+            .count()
     }
 
     /// Requests answered so far.
     pub fn requests(&self) -> usize {
-        self.log().lines().filter(|l| l.starts_with("request ")).count()
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with("request "))
+            .count()
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -464,8 +498,9 @@ impl InProcessServer {
                 .map(|a| {
                     let l = match netns {
                         Some(ns) => ns.bind_tcp(*a)?,
-                        None => std::net::TcpListener::bind(a)
-                            .with_context(|| format!("bind {a}"))?,
+                        None => {
+                            std::net::TcpListener::bind(a).with_context(|| format!("bind {a}"))?
+                        }
                     };
                     l.set_nonblocking(true)?;
                     Ok(l)

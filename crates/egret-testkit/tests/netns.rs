@@ -50,10 +50,33 @@ fn topology_is_wired_and_torn_down() -> Result<()> {
     let routes = topo.app.exec_ok("ip", &["route"])?.stdout;
     ensure!(routes.contains("default via 198.51.100.2"), "{routes}");
     ensure!(!routes.contains("203.0.113."), "{routes}");
-    let ext_addrs = topo.external.exec_ok("ip", &["-4", "addr", "show", "lo"])?.stdout;
+    let ext_addrs = topo
+        .external
+        .exec_ok("ip", &["-4", "addr", "show", "lo"])?
+        .stdout;
     for a in ["203.0.113.10/32", "203.0.113.11/32", "203.0.113.12/32"] {
         ensure!(ext_addrs.contains(a), "{ext_addrs}");
     }
+    // A long-running process as uid 1337 (the proxy's uid), stopped with its handle.
+    let tmp = egret_testkit::TempDir::new("spawn-as")?;
+    let mut sleeper =
+        topo.app
+            .spawn_as(1337, 1337, "sleep", &["30"], &tmp.path().join("sleep.log"))?;
+    let status =
+        egret_testkit::process::wait_until("sleep to exec", Duration::from_secs(5), || {
+            let s = std::fs::read_to_string(format!("/proc/{}/status", sleeper.pid()))?;
+            Ok(s.contains("Name:\tsleep\n").then_some(s))
+        })?;
+    ensure!(status.contains("Uid:\t1337\t"), "{status}");
+    ensure!(topo.app.pids().contains(&(sleeper.pid() as i32)));
+    let t = Instant::now();
+    sleeper.stop();
+    ensure!(
+        t.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    ensure!(topo.app.pids().is_empty(), "{:?}", topo.app.pids());
     // Two topologies at once use the same interface names and addresses without clashing.
     let second = Topology::direct("wire2")?;
     let names2 = second.names();
@@ -86,7 +109,10 @@ fn nginx_serves_https_with_the_test_ca() -> Result<()> {
         ])?;
         ensure!(out.success(), "curl failed: {out:?}");
         ensure!(out.stdout.ends_with("\n200"), "{out:?}");
-        ensure!(out.stdout.contains("nginx api https api.test /hello"), "{out:?}");
+        ensure!(
+            out.stdout.contains("nginx api https api.test /hello"),
+            "{out:?}"
+        );
         // From the gateway, over the routed link; plain HTTP too; h2 is offered.
         let out = topo.gateway.curl(&[
             "--cacert",
@@ -100,9 +126,13 @@ fn nginx_serves_https_with_the_test_ca() -> Result<()> {
             "https://api.test/",
         ])?;
         ensure!(out.stdout.trim() == "200 2", "{out:?}");
-        let out = topo
-            .gateway
-            .curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.10/"])?;
+        let out = topo.gateway.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://203.0.113.10/",
+        ])?;
         ensure!(status(&out) == "200", "{out:?}");
         // An untrusted CA fails verification (curl 60).
         let out = topo
@@ -115,11 +145,18 @@ fn nginx_serves_https_with_the_test_ca() -> Result<()> {
         ensure!(log.contains("203.0.113.1:"), "{log}");
         ensure!(nginx.connections() == 3, "{log}");
         // nginx-light ships the echo module: /delay/N and /headers.
-        ensure!(nginx.has_echo_module(), "nginx echo module missing (install nginx-light)");
+        ensure!(
+            nginx.has_echo_module(),
+            "nginx echo module missing (install nginx-light)"
+        );
         let t = Instant::now();
         let out = topo.gateway.curl(&["http://203.0.113.10/delay/1"])?;
         ensure!(out.stdout == "delayed 1\n", "{out:?}");
-        ensure!(t.elapsed() >= Duration::from_millis(950), "{:?}", t.elapsed());
+        ensure!(
+            t.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            t.elapsed()
+        );
         let out = topo
             .gateway
             .curl(&["-H", "x-egret-test: yes", "http://203.0.113.10/headers"])?;
@@ -151,7 +188,9 @@ fn nginx_requires_client_certificates_for_mtls() -> Result<()> {
             "-w",
             "%{http_code}",
         ];
-        let out = topo.gateway.curl(&[&base[..], &["https://api.test/"]].concat())?;
+        let out = topo
+            .gateway
+            .curl(&[&base[..], &["https://api.test/"]].concat())?;
         ensure!(status(&out) == "400", "no client cert: {out:?}");
 
         let client = client_ca.issue_client("sidecar.test")?;
@@ -214,12 +253,15 @@ fn dnsmasq_answers_test_names() -> Result<()> {
         let dns_ip = IpAddr::V4(addrs::DNS);
         let mut multi = resolve_a(&topo.app, dns_ip, "multi.test")?;
         multi.sort();
-        ensure!(multi == vec![addrs::EXTERNAL, addrs::EXTERNAL_2], "{multi:?}");
+        ensure!(
+            multi == vec![addrs::EXTERNAL, addrs::EXTERNAL_2],
+            "{multi:?}"
+        );
         ensure!(resolve_a(&topo.gateway, dns_ip, "nope.test")?.is_empty());
         // curl by name from the gateway.
-        let out = topo
-            .gateway
-            .curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://api.test/"])?;
+        let out =
+            topo.gateway
+                .curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://api.test/"])?;
         ensure!(status(&out) == "200", "{out:?}");
         // Records change at run time.
         dns.set_records(&[(API, &[IpAddr::V4(addrs::EXTERNAL_3)][..])])?;
@@ -243,10 +285,18 @@ fn app_cannot_egress_except_in_the_direct_topology() -> Result<()> {
         let t = Instant::now();
         let out = topo.app.curl(&["http://203.0.113.10/"])?;
         ensure!(out.code == Some(7), "app reached external: {out:?}");
-        ensure!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
-        let out = topo
-            .gateway
-            .curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.10/"])?;
+        ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        let out = topo.gateway.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://203.0.113.10/",
+        ])?;
         ensure!(status(&out) == "200", "{out:?}");
     }
     drop(topo);
@@ -271,7 +321,11 @@ fn app_cannot_egress_except_in_the_direct_topology() -> Result<()> {
         ])?;
         ensure!(status(&out) == "200", "{out:?}");
         nginx.wait_for_requests(1, Duration::from_secs(5))?;
-        ensure!(nginx.access_log().starts_with("203.0.113.5:"), "{}", nginx.access_log());
+        ensure!(
+            nginx.access_log().starts_with("203.0.113.5:"),
+            "{}",
+            nginx.access_log()
+        );
     }
     drop(topo);
     assert_gone(&names)
@@ -340,10 +394,8 @@ fn test_server_delays_echoes_and_serves_tls() -> Result<()> {
         // The in-process variant, listening inside external, reached from the gateway.
         let inproc = InProcessServer::start(
             Some(&topo.external),
-            TestServerConfig::new("inproc").plain(SocketAddr::new(
-                IpAddr::V4(addrs::EXTERNAL_3),
-                9090,
-            )),
+            TestServerConfig::new("inproc")
+                .plain(SocketAddr::new(IpAddr::V4(addrs::EXTERNAL_3), 9090)),
         )?;
         let out = topo.gateway.curl(&["http://203.0.113.12:9090/"])?;
         ensure!(out.stdout == "hello from inproc\n", "{out:?}");
@@ -369,8 +421,18 @@ fn iptables_redirect_captures_app_traffic() -> Result<()> {
             .exec_ok(
                 "iptables",
                 &[
-                    "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "203.0.113.0/24", "-j",
-                    "REDIRECT", "--to-ports", "15001",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "-d",
+                    "203.0.113.0/24",
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    "15001",
                 ],
             )
             .context("install REDIRECT rule")?;
@@ -398,7 +460,9 @@ fn panicking_test_cleans_up() -> Result<()> {
         panic!("deliberate panic with nginx and dnsmasq running");
     }));
     ensure!(result.is_err(), "the closure should have panicked");
-    let names = names.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let names = names
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
     ensure!(names.len() == 4, "topology was not built: {names:?}");
     assert_gone(&names)?;
     for d in dirs.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))? {

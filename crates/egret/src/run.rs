@@ -104,14 +104,16 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
             },
             poll: Duration::from_millis(a.config_poll_ms.max(50)),
         },
-        outbound: (a.outbound_port != 0)
-            .then(|| SocketAddr::from(([0, 0, 0, 0], a.outbound_port))),
+        outbound: (a.outbound_port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], a.outbound_port))),
         explicit: (a.proxy_port != 0).then(|| SocketAddr::new(a.proxy_bind, a.proxy_port)),
         admin: SocketAddr::new(a.admin_bind, a.admin_port),
         drain: Duration::from_secs(a.drain_seconds),
         detect_timeout: Duration::from_millis(a.detect_timeout_ms),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("egret: cannot start the runtime: {e}");
@@ -136,7 +138,10 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         tracing::info!("draining");
         let left = running.drain().await;
         if left > 0 {
-            tracing::warn!(connections = left, "drain deadline reached; closing the rest");
+            tracing::warn!(
+                connections = left,
+                "drain deadline reached; closing the rest"
+            );
         }
         ExitCode::SUCCESS
     })

@@ -20,8 +20,17 @@ use hyper_util::rt::TokioIo;
 
 pub struct Sidecar {
     pub running: Running,
-    pub dir: PathBuf,
+    pub dir: DirGuard,
     pub config: PathBuf,
+}
+
+/// Removes a temporary directory when dropped.
+pub struct DirGuard(pub PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -70,7 +79,7 @@ impl Sidecar {
         let running = sidecar::start(opts, None).await.expect("sidecar starts");
         Sidecar {
             running,
-            dir,
+            dir: DirGuard(dir),
             config,
         }
     }
@@ -93,8 +102,11 @@ impl Sidecar {
     pub async fn reconfigure(&self, yaml: &str) {
         let before = self.running.proxy.state.load().snapshot.version.clone();
         let rejected = self.running.proxy.metrics.config_rejected.get();
-        std::fs::write(&self.config, yaml).unwrap();
-        for _ in 0..100 {
+        // Replace the file atomically, as Kubernetes ConfigMap updates do.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+        for _ in 0..250 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             if self.running.proxy.state.load().snapshot.version != before
                 || self.running.proxy.metrics.config_rejected.get() != rejected
@@ -107,12 +119,6 @@ impl Sidecar {
 
     pub fn explicit(&self) -> SocketAddr {
         self.running.explicit.unwrap()
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
