@@ -77,6 +77,17 @@ fn track(active: &Arc<Active>, metrics: &Arc<Metrics>) -> ActiveGuard {
     ActiveGuard(active.clone(), metrics.clone())
 }
 
+fn bind_v6_only(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -117,6 +128,18 @@ pub async fn start(
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    // IPv6 capture: a v6-only socket on the same port beside 0.0.0.0 (REDIRECT of IPv6
+    // traffic lands on [::1]:port). Best effort: hosts without IPv6 just skip it.
+    let outbound_v6 = match opts.outbound {
+        Some(a) if a.ip().is_unspecified() && a.is_ipv4() => match bind_v6_only(a.port()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("no IPv6 capture listener on [::]:{}: {e}", a.port());
+                None
+            }
+        },
+        _ => None,
+    };
     let explicit = match opts.explicit {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -139,7 +162,7 @@ pub async fn start(
     let active = Arc::new(Active::default());
     let mut tasks = Vec::new();
 
-    if let Some(l) = outbound {
+    for l in outbound.into_iter().chain(outbound_v6) {
         let (p, a, m, mut stop) = (
             proxy.clone(),
             active.clone(),

@@ -38,6 +38,9 @@ enum Command {
     },
     /// Run the sidecar proxy in standalone mode: compile PATH itself, watch it, serve.
     Sidecar(run::SidecarArgs),
+    /// Traffic capture rules for the workload's network namespace (Istio's istio-iptables
+    /// shape): `apply`, `print` or `clean`.
+    Iptables(run::IptablesArgs),
     /// Compile the configuration for one proxy and print its snapshot.
     Compile {
         #[arg(long, value_parser = parse_role)]
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sidecar(args) => run::sidecar(args),
+        Command::Iptables(args) => run::iptables(args),
         Command::Validate {
             paths,
             mesh_config,

@@ -161,3 +161,74 @@ async fn wait_for_signal() {
         }
     }
 }
+
+#[derive(Args, Debug)]
+pub struct IptablesArgs {
+    /// `apply` (idempotent), `print` (show the commands) or `clean` (remove exactly what
+    /// apply added).
+    #[arg(value_parser = ["apply", "print", "clean"])]
+    action: String,
+    /// The proxy's user: its own connections are never captured.
+    #[arg(long, default_value_t = egret_proxy::capture::DEFAULT_PROXY_UID)]
+    proxy_uid: u32,
+    /// The proxy's group (default: the uid).
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    #[arg(long, default_value_t = egret_proxy::capture::DEFAULT_OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// Destination ports never captured, e.g. `22,5432`.
+    #[arg(long, default_value = "")]
+    exclude_ports: String,
+    /// Destination networks never captured, e.g. `10.0.0.0/8,fd00::/8`.
+    #[arg(long, default_value = "")]
+    exclude_cidrs: String,
+    /// Leave IPv6 alone.
+    #[arg(long)]
+    no_ipv6: bool,
+    /// Native nftables (`inet egret` table) instead of iptables.
+    #[arg(long)]
+    nft: bool,
+}
+
+pub fn iptables(a: IptablesArgs) -> ExitCode {
+    use egret_proxy::capture::{self, CaptureConfig};
+    let parse = || -> Result<CaptureConfig, String> {
+        Ok(CaptureConfig {
+            proxy_uid: a.proxy_uid,
+            proxy_gid: a.proxy_gid,
+            outbound_port: a.outbound_port,
+            exclude_ports: capture::parse_ports(&a.exclude_ports).map_err(|e| e.to_string())?,
+            exclude_cidrs: capture::parse_cidrs(&a.exclude_cidrs).map_err(|e| e.to_string())?,
+            include_ipv6: !a.no_ipv6,
+        })
+    };
+    let cfg = match parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("egret iptables: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match (a.action.as_str(), a.nft) {
+        ("print", false) => {
+            print!("{}", cfg.print());
+            Ok(())
+        }
+        ("print", true) => {
+            print!("{}", cfg.nft_script());
+            Ok(())
+        }
+        ("apply", false) => cfg.apply(),
+        ("apply", true) => cfg.apply_nft(),
+        ("clean", false) => capture::clean(),
+        ("clean", true) => capture::clean_nft(),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egret iptables {}: {e}", a.action);
+            ExitCode::from(1)
+        }
+    }
+}
