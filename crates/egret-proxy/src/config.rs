@@ -35,6 +35,8 @@ pub struct ClusterRuntime {
     pub tls: Option<Arc<ClientConfig>>,
     /// Round-robin position.
     pub next: AtomicUsize,
+    /// Requests (or connections) in flight per endpoint, for LEAST_REQUEST.
+    pub active: Arc<[AtomicUsize]>,
 }
 
 impl Runtime {
@@ -59,6 +61,9 @@ impl Runtime {
                 ClusterRuntime {
                     tls,
                     next: AtomicUsize::new(0),
+                    active: (0..c.endpoints.len())
+                        .map(|_| AtomicUsize::new(0))
+                        .collect(),
                 },
             );
         }

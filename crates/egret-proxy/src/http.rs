@@ -648,13 +648,13 @@ async fn forward(
             .await
         {
             Ok(c) => {
-                conn_to = Some((p.addr, c));
+                conn_to = Some((p.addr, c, p.load));
                 break;
             }
             Err(e) => last_err = Some(e),
         }
     }
-    let Some((addr, (sender, returner))) = conn_to else {
+    let Some((addr, (sender, returner), load)) = conn_to else {
         let e = last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone()));
         let (r, o, _) = upstream_failed(e, out, authority);
         return (r, o);
@@ -666,6 +666,17 @@ async fn forward(
             out.status = r.status().as_u16();
             apply_headers(r.headers_mut(), &dest.response_headers);
             apply_headers(r.headers_mut(), &route.response_headers);
+            // In flight until the response body has been sent (LEAST_REQUEST).
+            let r = match load {
+                Some(guard) => r.map(|b| {
+                    Guarded {
+                        inner: b,
+                        _guard: guard,
+                    }
+                    .boxed()
+                }),
+                None => r,
+            };
             (r, out)
         }
         Err(SendError::Timeout) => {
@@ -786,5 +797,31 @@ mod tests {
             split_authority("user@a.test:81"),
             ("a.test".into(), Some(81))
         );
+    }
+}
+
+/// A response body that keeps its endpoint's in-flight count until it is dropped.
+struct Guarded {
+    inner: RespBody,
+    _guard: crate::upstream::LoadGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -87,6 +87,33 @@ pub struct Picked {
     pub addr: SocketAddr,
     /// The endpoint's host name when it was resolved by DNS (for logs).
     pub name: Option<String>,
+    /// Counts this request as in flight on the endpoint until dropped (LEAST_REQUEST).
+    pub load: Option<LoadGuard>,
+}
+
+/// One request in flight on an endpoint.
+pub struct LoadGuard {
+    active: Arc<[std::sync::atomic::AtomicUsize]>,
+    index: usize,
+}
+
+impl LoadGuard {
+    fn new(active: &Arc<[std::sync::atomic::AtomicUsize]>, index: usize) -> Option<LoadGuard> {
+        let slot = active.get(index)?;
+        slot.fetch_add(1, Ordering::Relaxed);
+        Some(LoadGuard {
+            active: active.clone(),
+            index,
+        })
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.active.get(self.index) {
+            slot.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Upstreams {
@@ -170,6 +197,7 @@ impl Upstreams {
                     return Ok(Picked {
                         addr: dst,
                         name: None,
+                        load: None,
                     });
                 }
                 let ips = self.resolve(authority).await?;
@@ -177,6 +205,7 @@ impl Upstreams {
                 Ok(Picked {
                     addr: SocketAddr::new(ips[i % ips.len()], cluster.target_port),
                     name: Some(authority.to_string()),
+                    load: None,
                 })
             }
             Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
@@ -201,6 +230,7 @@ impl Upstreams {
                         .parse::<IpAddr>()
                         .is_err()
                         .then(|| ep.address.clone()),
+                    load: state.and_then(|s| LoadGuard::new(&s.active, i)),
                 })
             }
         }
@@ -331,8 +361,12 @@ pub struct Returner {
     key: PoolKey,
 }
 
-/// Pick an endpoint index: ROUND_ROBIN (weighted), RANDOM (weighted), LEAST_REQUEST (power of
-/// two random choices; without per-endpoint load yet it degrades to weighted random).
+/// Pick an endpoint index by the DestinationRule's load balancer:
+/// - ROUND_ROBIN: weighted round robin;
+/// - RANDOM: weighted random;
+/// - LEAST_REQUEST (Istio's default, also UNSPECIFIED/LEAST_CONN): power of two choices —
+///   two weighted-random candidates, the one with fewer requests in flight wins (Envoy's
+///   `choice_count: 2`).
 fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, n: usize) -> usize {
     if n == 1 {
         return 0;
@@ -358,7 +392,16 @@ fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, n: usize) -> usize 
             let ticket = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
             weighted(ticket as u64)
         }
-        _ => weighted(random()),
+        LoadBalancer::Simple(SimpleLb::Random) => weighted(random()),
+        _ => {
+            let (a, b) = (weighted(random()), weighted(random()));
+            let load = |i: usize| {
+                state
+                    .and_then(|s| s.active.get(i))
+                    .map_or(0, |c| c.load(Ordering::Relaxed))
+            };
+            if load(b) < load(a) { b } else { a }
+        }
     }
 }
 
@@ -382,4 +425,78 @@ pub fn random() -> u64 {
         s.set(x);
         x
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cluster(lb: &str) -> Cluster {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.example.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 203.0.113.1}}, {{address: 203.0.113.2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api}}
+spec:
+  host: api.example.test
+  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}
+"
+        );
+        let (set, _) = egret_config::ConfigSet::from_str("t.yaml", &yaml);
+        let (snap, d) = egret_model::compile(&set, &egret_model::ProxyIdentity::sidecar("default"));
+        assert!(!d.has_errors());
+        snap.cluster("outbound|80||api.example.test")
+            .unwrap()
+            .clone()
+    }
+
+    fn state(active: [usize; 2]) -> ClusterRuntime {
+        ClusterRuntime {
+            tls: None,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            active: active
+                .iter()
+                .map(|n| std::sync::atomic::AtomicUsize::new(*n))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded_endpoint() {
+        let c = cluster("LEAST_REQUEST");
+        let s = state([100, 0]);
+        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s), 2) == 1).count();
+        // Two random candidates: only when both are the busy one does it win (1 in 4).
+        assert!((2700..=3300).contains(&to_idle), "{to_idle}/4000");
+    }
+
+    #[test]
+    fn random_ignores_load_and_round_robin_alternates() {
+        let c = cluster("RANDOM");
+        let s = state([100, 0]);
+        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s), 2) == 1).count();
+        assert!((1700..=2300).contains(&to_idle), "{to_idle}/4000");
+        let c = cluster("ROUND_ROBIN");
+        let picks: Vec<usize> = (0..4).map(|_| choose(&c, Some(&s), 2)).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn load_guard_counts_in_flight() {
+        let s = state([0, 0]);
+        let g = LoadGuard::new(&s.active, 1);
+        assert_eq!(s.active[1].load(Ordering::Relaxed), 1);
+        drop(g);
+        assert_eq!(s.active[1].load(Ordering::Relaxed), 0);
+        assert!(LoadGuard::new(&s.active, 5).is_none());
+    }
 }
