@@ -778,28 +778,6 @@ pub fn is_connect(req: &Request<Incoming>) -> bool {
     req.method() == Method::CONNECT
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authority_forms() {
-        assert_eq!(
-            split_authority("Example.COM."),
-            ("example.com".into(), None)
-        );
-        assert_eq!(
-            split_authority("a.test:8080"),
-            ("a.test".into(), Some(8080))
-        );
-        assert_eq!(split_authority("[::1]:443"), ("::1".into(), Some(443)));
-        assert_eq!(
-            split_authority("user@a.test:81"),
-            ("a.test".into(), Some(81))
-        );
-    }
-}
-
 /// A response body that keeps its endpoint's in-flight count until it is dropped.
 struct Guarded {
     inner: RespBody,
@@ -823,5 +801,27 @@ impl hyper::body::Body for Guarded {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_forms() {
+        assert_eq!(
+            split_authority("Example.COM."),
+            ("example.com".into(), None)
+        );
+        assert_eq!(
+            split_authority("a.test:8080"),
+            ("a.test".into(), Some(8080))
+        );
+        assert_eq!(split_authority("[::1]:443"), ("::1".into(), Some(443)));
+        assert_eq!(
+            split_authority("user@a.test:81"),
+            ("a.test".into(), Some(81))
+        );
     }
 }
