@@ -39,6 +39,12 @@ pub fn build(scope: &Scope<'_>, host: &str, port: u16, subset: Option<&str>) -> 
     }
     let svc_port = svc.and_then(|s| s.port(port));
     let target_port = svc_port.and_then(|p| p.target_port).unwrap_or(port);
+    let http2 = svc_port.is_some_and(|p| {
+        matches!(
+            p.proto,
+            crate::scope::Proto::Http2 | crate::scope::Proto::Grpc | crate::scope::Proto::GrpcWeb
+        )
+    }) || policy.connection_pool.h2_upgrade;
     let endpoints = match svc {
         Some(s) => endpoints(scope, s, port, subset_labels.as_ref()),
         None => Vec::new(),
@@ -52,6 +58,7 @@ pub fn build(scope: &Scope<'_>, host: &str, port: u16, subset: Option<&str>) -> 
         location: svc.map(|s| s.location).unwrap_or(Location::MeshExternal),
         resolution: svc.map(|s| s.resolution).unwrap_or(Resolution::None),
         target_port,
+        http2,
         endpoints,
         policy,
         destination_rule: dr.map(|d| d.key()),

@@ -562,6 +562,10 @@ pub struct Cluster {
     pub resolution: Resolution,
     /// Upstream port when the endpoints do not say: `targetPort`, else the port number.
     pub target_port: u16,
+    /// Speak HTTP/2 to the upstream: the service port is HTTP2/GRPC/GRPC-WEB, or the
+    /// DestinationRule says `h2UpgradePolicy: UPGRADE` (Istio). Otherwise HTTP/1.1, unless
+    /// `useClientProtocol` and the client speaks HTTP/2.
+    pub http2: bool,
     pub endpoints: Vec<Endpoint>,
     pub policy: ClusterPolicy,
     /// DestinationRule(s) that shaped `policy` (`ns/name`).

@@ -46,7 +46,7 @@ impl Runtime {
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         let mut errors = Vec::new();
         for c in &snapshot.clusters {
-            let tls = match tls::client_config(&c.policy.tls, creds) {
+            let tls = match tls::client_config(&c.policy.tls, creds, c.http2) {
                 Ok(t) => t,
                 Err(e) => {
                     errors.push(format!("cluster {}: tls: {e}", c.name));

@@ -622,6 +622,26 @@ async fn forward(
     } else {
         1
     };
+    // HTTP/2 upstream: the cluster says so (port protocol HTTP2/GRPC, h2UpgradePolicy), or
+    // `useClientProtocol` and the client speaks HTTP/2.
+    let downstream_h2 = req.version() == http::Version::HTTP_2;
+    if cluster.http2 || (cluster.policy.connection_pool.use_client_protocol && downstream_h2) {
+        return forward_h2(
+            proxy,
+            conn,
+            cluster,
+            route,
+            dest,
+            state,
+            req,
+            host,
+            &sni,
+            connect_timeout,
+            attempts,
+            out,
+        )
+        .await;
+    }
     let mut last_err = None;
     let mut conn_to = None;
     for _ in 0..attempts {
@@ -704,6 +724,130 @@ async fn forward(
                 ),
                 out,
             )
+        }
+    }
+}
+
+/// The HTTP/2 leg of [`forward`]: one multiplexed connection per endpoint.
+#[allow(clippy::too_many_arguments)]
+async fn forward_h2(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    cluster: &Cluster,
+    route: &HttpRoute,
+    dest: &WeightedCluster,
+    state: Option<&crate::config::ClusterRuntime>,
+    req: Request<Incoming>,
+    host: &str,
+    sni: &str,
+    connect_timeout: Duration,
+    attempts: u32,
+    mut out: Outcome,
+) -> (Response<RespBody>, Outcome) {
+    let tls = state.and_then(|s| s.tls.as_ref());
+    let mut last_err = None;
+    let mut got = None;
+    for _ in 0..attempts {
+        let p = match proxy
+            .upstreams
+            .pick(cluster, state, conn.orig_dst, host)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        if proxy.is_self(p.addr) {
+            out.status = 502;
+            out.flags = "UF";
+            out.details = "loop";
+            return (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out);
+        }
+        match proxy
+            .upstreams
+            .http2(p.addr, connect_timeout, tls.map(|c| (c, sni)))
+            .await
+        {
+            Ok(s) => {
+                got = Some((p.addr, s, p.load));
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some((addr, mut sender, load)) = got else {
+        let e = last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone()));
+        let authority = host.to_string();
+        let (r, o, _) = upstream_failed(e, out, authority);
+        return (r, o);
+    };
+    out.upstream = Some(addr);
+    // HTTP/2 carries the authority in `:authority`, from an absolute URI.
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| host.to_string());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(header::HOST);
+    parts.version = http::Version::HTTP_2;
+    if let Ok(u) = format!("{scheme}://{authority}{pq}").parse() {
+        parts.uri = u;
+    }
+    let up: Request<ReqBody> = Request::from_parts(parts, body.boxed());
+    let send = sender.send_request(up);
+    let res = match route.timeout.map(|t| t.to_std()) {
+        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
+        None => Ok(send.await),
+    };
+    match res {
+        Err(()) => {
+            out.status = 504;
+            out.flags = "UT";
+            out.details = "upstream_response_timeout";
+            (
+                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                out,
+            )
+        }
+        Ok(Err(e)) => {
+            out.status = 503;
+            out.flags = "UC";
+            out.details = "upstream_reset_before_response_started";
+            tracing::warn!(target: "upstream", %addr, "{e}");
+            (
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers",
+                ),
+                out,
+            )
+        }
+        Ok(Ok(resp)) => {
+            out.status = resp.status().as_u16();
+            let mut r = resp.map(|b| b.boxed());
+            apply_headers(r.headers_mut(), &dest.response_headers);
+            apply_headers(r.headers_mut(), &route.response_headers);
+            let r = match load {
+                Some(guard) => r.map(|b| {
+                    Guarded {
+                        inner: b,
+                        _guard: guard,
+                    }
+                    .boxed()
+                }),
+                None => r,
+            };
+            (r, out)
         }
     }
 }

@@ -106,6 +106,7 @@ fn roots_from(path: &str) -> Result<Arc<RootCertStore>, TlsError> {
 pub fn client_config(
     t: &UpstreamTls,
     creds: &CredentialStore,
+    http2: bool,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
     if !matches!(t.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
         return Ok(None);
@@ -150,8 +151,13 @@ pub fn client_config(
         }
         _ => builder.with_no_client_auth(),
     };
-    // HTTP/1.1 towards the upstream; the client's own TLS (passthrough) never comes here.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The upstream protocol is decided by the cluster (Istio: the port's protocol and
+    // h2UpgradePolicy); ALPN says the same. Client TLS (passthrough) never comes here.
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Some(Arc::new(config)))
 }
 

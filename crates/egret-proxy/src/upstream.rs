@@ -17,7 +17,7 @@ use egret_config::types::{Resolution, SimpleLb};
 use egret_model::snapshot::{Cluster, LoadBalancer};
 use hickory_resolver::TokioResolver;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -78,6 +78,8 @@ struct PoolKey {
 pub struct Upstreams {
     resolver: Option<TokioResolver>,
     idle: std::sync::Mutex<HashMap<PoolKey, Vec<http1::SendRequest<ReqBody>>>>,
+    /// HTTP/2 connections, one per key, shared by concurrent requests (multiplexed).
+    h2: std::sync::Mutex<HashMap<PoolKey, http2::SendRequest<ReqBody>>>,
     /// Idle connections kept per key.
     max_idle: usize,
 }
@@ -133,6 +135,7 @@ impl Upstreams {
         Upstreams {
             resolver,
             idle: std::sync::Mutex::new(HashMap::new()),
+            h2: std::sync::Mutex::new(HashMap::new()),
             max_idle: 64,
         }
     }
@@ -307,6 +310,42 @@ impl Upstreams {
             }
         });
         Ok((sender, Returner { key }))
+    }
+
+    /// An HTTP/2 connection to the endpoint (prior knowledge in plaintext, ALPN h2 with TLS):
+    /// the shared one when it is still open.
+    pub async fn http2(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        let key = PoolKey {
+            addr,
+            tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
+        };
+        if let Ok(map) = self.h2.lock()
+            && let Some(s) = map.get(&key).filter(|s| !s.is_closed())
+        {
+            return Ok(s.clone());
+        }
+        let io = self.connect(addr, timeout, tls).await?;
+        let (sender, conn) =
+            http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .map_err(|e| UpstreamError::Handshake {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "upstream HTTP/2 connection ended: {e}");
+            }
+        });
+        if let Ok(mut map) = self.h2.lock() {
+            map.insert(key, sender.clone());
+        }
+        Ok(sender)
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {

@@ -447,3 +447,20 @@ async fn admin_ready_config_dump_and_metrics() {
     let r = get(admin, "localhost", "/metrics", &[]).await;
     assert!(r.body.contains("egret_config_loaded_total 1"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn http2_port_protocol_speaks_http2_to_the_upstream() {
+    let a = server("a");
+    let yaml = se("api", "api.example.test", &a).replace("protocol: HTTP}", "protocol: HTTP2}");
+    let sc = Sidecar::start(&yaml).await;
+    let cap = sc.capture(dialed()).await;
+    // The client speaks HTTP/1.1; the upstream gets HTTP/2 (prior knowledge, h2c).
+    let mut cl = Client::connect(cap).await;
+    for _ in 0..3 {
+        let r = cl.request("GET", "api.example.test", "/headers", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("HTTP/2"), "{}", r.body);
+    }
+    // Multiplexed: one upstream connection for all of them.
+    assert_eq!(a.connections(), 1);
+}
