@@ -67,7 +67,10 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(
         EnvFilter::try_new(&a.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
     );
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: logs written to files stay greppable.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter);
     if a.log_format == "json" {
         registry.with(fmt.json()).init();
