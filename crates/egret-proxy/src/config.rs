@@ -33,8 +33,11 @@ pub struct Runtime {
 pub struct ClusterRuntime {
     /// TLS origination, when the cluster's DestinationRule asks for SIMPLE or MUTUAL.
     pub tls: Option<Arc<ClientConfig>>,
-    /// Round-robin position.
+    /// Round-robin position over endpoints.
     pub next: AtomicUsize,
+    /// Rotation over the addresses a DNS endpoint resolves to (kept apart from `next`, so
+    /// the two round robins do not skip each other's slots).
+    pub next_ip: AtomicUsize,
     /// Requests (or connections) in flight per endpoint, for LEAST_REQUEST.
     pub active: Arc<[AtomicUsize]>,
 }
@@ -61,6 +64,7 @@ impl Runtime {
                 ClusterRuntime {
                     tls,
                     next: AtomicUsize::new(0),
+                    next_ip: AtomicUsize::new(0),
                     active: (0..c.endpoints.len())
                         .map(|_| AtomicUsize::new(0))
                         .collect(),

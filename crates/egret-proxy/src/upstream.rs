@@ -224,7 +224,7 @@ impl Upstreams {
                 let j = if cluster.resolution == Resolution::DnsRoundRobin {
                     0
                 } else {
-                    state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed)) % ips.len()
+                    state.map_or(0, |s| s.next_ip.fetch_add(1, Ordering::Relaxed)) % ips.len()
                 };
                 Ok(Picked {
                     addr: SocketAddr::new(ips[j], ep.port),
@@ -502,6 +502,7 @@ spec:
         ClusterRuntime {
             tls: None,
             next: std::sync::atomic::AtomicUsize::new(0),
+            next_ip: std::sync::atomic::AtomicUsize::new(0),
             active: active
                 .iter()
                 .map(|n| std::sync::atomic::AtomicUsize::new(*n))
