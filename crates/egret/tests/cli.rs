@@ -260,3 +260,99 @@ fn mesh_config_flag_sets_registry_only() {
     assert_eq!(v["outbound_traffic_policy"]["mode"], "REGISTRY_ONLY");
     assert_eq!(v["outbound_traffic_policy"]["source"], "MeshConfig");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `egret sidecar` becomes ready, serves, and on SIGTERM drains and exits 0.
+#[test]
+fn sidecar_binary_is_ready_then_exits_cleanly_on_sigterm() {
+    let dir = TempDir::new("sigterm");
+    let cfg = dir.write(
+        "c.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+",
+    );
+    let (proxy, admin) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args([
+            "sidecar",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--namespace",
+            "default",
+            "--outbound-port",
+            "0",
+            "--proxy-port",
+            &proxy.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+            "--drain-seconds",
+            "2",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let ready = loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", admin))
+            .ok()
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                Some(r.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false);
+        if ok || std::time::Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(ready, "sidecar never became ready");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("egret sidecar ready") && err.contains("draining"),
+        "{err}"
+    );
+}
