@@ -1141,3 +1141,53 @@ fn proxy_uid_is_not_captured() -> Result<()> {
     );
     Ok(())
 }
+
+/// DestinationRule `connectionPool.tcp.connectTimeout`: an endpoint that never answers SYNs
+/// (dropped inside the `external` namespace) fails within the configured time with 503 `UF`,
+/// not after the OS's minutes-long retransmission timeout.
+#[test]
+fn connect_timeout_from_the_destination_rule() -> Result<()> {
+    let topo = topology("ctimeout")?;
+    let _dns = start_dns(&topo, &[("silent.test", EXT_1)])?;
+    topo.external.exec_ok(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"],
+    )?;
+    let files = Files::new("ctimeout")?;
+    let yaml = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: silent}
+spec:
+  hosts: [silent.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: silent}
+spec:
+  host: silent.test
+  trafficPolicy:
+    connectionPool: {tcp: {connectTimeout: 300ms}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: silent}
+spec:
+  hosts: [silent.test]
+  http:
+  - route: [{destination: {host: silent.test}}]
+    retries: {attempts: 1, retryOn: connect-failure}
+";
+    let sidecar = Sidecar::start(&topo, files, yaml, &[])?;
+    let t = Instant::now();
+    let r = sidecar.curl(&["http://silent.test/"])?;
+    let took = t.elapsed();
+    assert_eq!(r.status, 503, "{r:?}\n{}", sidecar.log());
+    assert!(r.body.contains("timed out after 300ms"), "{r:?}");
+    // Two attempts (one retry on connect-failure) of 300 ms each.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(sidecar.log().contains(" UF "), "{}", sidecar.log());
+    Ok(())
+}
