@@ -321,8 +321,9 @@ fn upstream_failed(
     )
 }
 
-/// Weighted choice among destinations (weights are relative shares).
-fn pick_weighted(dests: &[WeightedCluster]) -> Option<&WeightedCluster> {
+/// Weighted choice among destinations (weights are relative shares; a single destination
+/// gets everything). Shared by HTTP routes and TLS/TCP chains.
+pub fn pick_weighted(dests: &[WeightedCluster]) -> Option<&WeightedCluster> {
     match dests {
         [] => None,
         [one] => Some(one),

@@ -268,7 +268,7 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let start = Instant::now();
-        let Some(dest) = pick(&chain.route) else {
+        let Some(dest) = h::pick_weighted(&chain.route) else {
             return;
         };
         let Some(cluster) = rt.snapshot.cluster(&dest.cluster) else {
@@ -411,26 +411,6 @@ impl Proxy {
         match h::handle(self, conn, req).await {
             Ok(r) => r,
             Err(never) => match never {},
-        }
-    }
-}
-
-fn pick(
-    dests: &[egret_model::snapshot::WeightedCluster],
-) -> Option<&egret_model::snapshot::WeightedCluster> {
-    match dests {
-        [] => None,
-        [one] => Some(one),
-        _ => {
-            let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
-            let mut t = crate::upstream::random() % total.max(1);
-            for d in dests {
-                if t < u64::from(d.weight) {
-                    return Some(d);
-                }
-                t -= u64::from(d.weight);
-            }
-            dests.last()
         }
     }
 }
