@@ -150,8 +150,15 @@ fn collect(p: &std::path::Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Watch the files; swap in each new valid snapshot. Runs until the task is dropped.
-pub async fn watch(cfg: SourceConfig, state: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) {
-    let mut last = fingerprint(&cfg);
+/// `baseline` is the fingerprint taken *before* the running snapshot was loaded, so a change
+/// made while it was loading (or before this task first runs) is never missed.
+pub async fn watch(
+    cfg: SourceConfig,
+    state: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    baseline: u64,
+) {
+    let mut last = baseline;
     let mut rejected_at: Option<u64> = None;
     loop {
         tokio::time::sleep(cfg.poll).await;

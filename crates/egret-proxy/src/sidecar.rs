@@ -111,6 +111,12 @@ pub async fn start(
     set_log_level: Option<SetLogLevel>,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let baseline = {
+        let src = opts.source.clone();
+        tokio::task::spawn_blocking(move || config::fingerprint(&src))
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?
+    };
     let first = {
         let src = opts.source.clone();
         tokio::task::spawn_blocking(move || config::load(&src))
@@ -219,12 +225,41 @@ pub async fn start(
         ready: ready.clone(),
         set_log_level,
     });
-    tasks.push(tokio::spawn(admin.serve(admin_l)));
-    tasks.push(tokio::spawn(config::watch(
-        opts.source.clone(),
-        state,
-        metrics,
-    )));
+    // Control work (watching the configuration, the admin endpoint) runs on a runtime of its
+    // own, in its own thread, as ztunnel does: a saturated data plane cannot delay a config
+    // reload or a readiness probe, and control work never takes data-plane time.
+    let admin_std = admin_l.into_std().map_err(|source| StartError::Bind {
+        addr: admin_addr,
+        source,
+    })?;
+    let source = opts.source.clone();
+    let mut stop = shutdown.subscribe();
+    std::thread::Builder::new()
+        .name("egret-control".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::error!("cannot start the control runtime");
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(admin_l) = TcpListener::from_std(admin_std) else {
+                    tracing::error!("cannot serve the admin endpoint");
+                    return;
+                };
+                tokio::select! {
+                    _ = admin.serve(admin_l) => {}
+                    _ = config::watch(source, state, metrics, baseline) => {}
+                    _ = stop.changed() => {}
+                }
+            });
+        })
+        .map_err(|source| StartError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
     // The first snapshot is in and every listener is bound.
     ready.store(true, Ordering::Release);
     Ok(Running {

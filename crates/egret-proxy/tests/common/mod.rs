@@ -114,7 +114,12 @@ impl Sidecar {
                 return;
             }
         }
-        panic!("configuration change not picked up");
+        panic!(
+            "configuration change not picked up: version {} (was {before}), loaded {}, rejected {}",
+            self.running.proxy.state.load().snapshot.version,
+            self.running.proxy.metrics.config_loaded.get(),
+            self.running.proxy.metrics.config_rejected.get()
+        );
     }
 
     pub fn explicit(&self) -> SocketAddr {
