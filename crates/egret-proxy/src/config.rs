@@ -27,6 +27,8 @@ use crate::tls::{self, CredentialStore};
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub clusters: HashMap<String, ClusterRuntime>,
+    /// Gateway servers' TLS termination, by (listener port, server index).
+    pub servers: HashMap<(u16, usize), Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Default)]
@@ -71,12 +73,30 @@ impl Runtime {
                 },
             );
         }
+        let mut servers = HashMap::new();
+        for l in &snapshot.listeners {
+            for (i, srv) in l.servers.iter().enumerate() {
+                let Some(t) = &srv.tls else { continue };
+                let http = matches!(srv.protocol.as_str(), "HTTPS" | "HTTP" | "HTTP2" | "GRPC");
+                match tls::server_config(t, creds, http) {
+                    Ok(Some(c)) => {
+                        servers.insert((l.port, i), c);
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(format!(
+                        "gateway server {} (port {}): tls: {e}",
+                        srv.name, l.port
+                    )),
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Runtime {
             snapshot: Arc::new(snapshot),
             clusters,
+            servers,
         })
     }
 }

@@ -148,6 +148,8 @@ async fn route_and_forward(
     // Which port the request is for: where it was captured, else the URI/Host port.
     let port = match (conn.mode, conn.orig_dst) {
         (Mode::Captured, Some(dst)) => dst.port(),
+        // At a gateway the listener (server) port decides, whatever the Host says.
+        (Mode::Gateway, _) => conn.default_port,
         _ => auth_port.unwrap_or(conn.default_port),
     };
     let rt = proxy.state.load_full();
@@ -244,6 +246,14 @@ async fn outbound_policy(
     mut out: Outcome,
     authority: String,
 ) -> (Response<RespBody>, Outcome, String) {
+    if conn.mode == Mode::Gateway {
+        // A gateway routes only what its servers and VirtualServices declare (Envoy: 404 NR).
+        out.status = 404;
+        out.flags = "NR";
+        out.details = "route_not_found";
+        tracing::warn!(target: "policy", host, port, "gateway: no route for this host");
+        return (local(StatusCode::NOT_FOUND, ""), out, authority);
+    }
     let rt = proxy.state.load_full();
     let mode = proxy.outbound_mode(&rt);
     if mode == OutboundMode::RegistryOnly {

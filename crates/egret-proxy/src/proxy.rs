@@ -41,6 +41,9 @@ pub enum Mode {
     Captured,
     /// The application addressed us as its HTTP proxy.
     Explicit,
+    /// A Gateway server's port: routes come from the servers and VirtualServices bound to it,
+    /// the destination is never the address the client dialed.
+    Gateway,
 }
 
 /// What is known about a downstream connection.
@@ -339,6 +342,119 @@ impl Proxy {
         );
     }
 
+    /// A connection on a Gateway server port (`istio-egress-spec.md` §4). Plain HTTP servers
+    /// route by Host; TLS arrives with a ClientHello whose SNI picks the server: PASSTHROUGH
+    /// routes it by SNI without terminating, SIMPLE/MUTUAL terminate with the server's
+    /// certificate and then route HTTP (HTTPS servers) or TCP (TLS servers); TCP servers route by
+    /// the TCP routes. Nothing here ever connects to the address the client dialed.
+    pub async fn serve_gateway(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, port: u16) {
+        let rt = self.state.load_full();
+        let Some(listener) = rt.snapshot.listener(port) else {
+            self.metrics.connection("no_route", "tcp");
+            return;
+        };
+        let conn = ConnInfo {
+            peer,
+            orig_dst: None,
+            mode: Mode::Gateway,
+            default_port: port,
+        };
+        match listener.protocol {
+            ListenerProtocol::Http => return self.serve_http(stream, Bytes::new(), conn).await,
+            ListenerProtocol::Tcp => {
+                match listener.tcp_chain(None) {
+                    Some(chain) => {
+                        let chain = chain.clone();
+                        self.forward_l4(&rt, &chain, stream, Bytes::new(), conn, None, "tcp")
+                            .await
+                    }
+                    None => self.metrics.connection("no_route", "tcp"),
+                }
+                return;
+            }
+            ListenerProtocol::Tls | ListenerProtocol::Auto => {}
+        }
+        let mut stream = stream;
+        let (detected, prefix) = match detect::detect(&mut stream, self.hello_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.connection("bad_request", "tls");
+                tracing::warn!(target: "policy", %peer, port, "closing: {e}");
+                return;
+            }
+        };
+        let hello = match detected {
+            Detected::Tls(h) => h,
+            Detected::Http1 | Detected::Http2 if listener.protocol == ListenerProtocol::Auto => {
+                return self.serve_http(stream, prefix, conn).await;
+            }
+            _ => {
+                self.metrics.connection("bad_request", "tcp");
+                tracing::warn!(target: "policy", %peer, port, "expected TLS on a TLS gateway port: closed");
+                return;
+            }
+        };
+        let Some(sni) = hello.sni.clone() else {
+            // Egress hygiene: a gateway routes TLS by name; without SNI there is no name.
+            self.metrics.connection("bad_request", "tls");
+            tracing::warn!(target: "policy", %peer, port, "TLS without SNI refused");
+            return;
+        };
+        let Some((idx, server)) = pick_server(&listener.servers, &sni) else {
+            self.metrics.connection("no_route", "tls");
+            tracing::warn!(target: "policy", %peer, port, %sni, "no Gateway server for this SNI: closed");
+            return;
+        };
+        let mode = server
+            .tls
+            .as_ref()
+            .map(|t| t.mode)
+            .unwrap_or(egret_config::types::ServerTlsMode::Passthrough);
+        if mode == egret_config::types::ServerTlsMode::Passthrough {
+            match listener.tls_chain(Some(&sni), None) {
+                Some(chain) => {
+                    let chain = chain.clone();
+                    self.forward_l4(&rt, &chain, stream, prefix, conn, Some(sni), "tls")
+                        .await
+                }
+                None => {
+                    self.metrics.connection("no_route", "tls");
+                    tracing::warn!(target: "policy", %peer, port, %sni, "no TLS route for this SNI: closed");
+                }
+            }
+            return;
+        }
+        let Some(config) = rt.servers.get(&(port, idx)).cloned() else {
+            // ISTIO_MUTUAL needs the mesh identity, which this gateway does not have yet.
+            self.metrics.connection("bad_request", "tls");
+            tracing::warn!(target: "policy", %peer, port, %sni, ?mode, "server TLS mode not available on this gateway: closed");
+            return;
+        };
+        let tls = match tokio_rustls::TlsAcceptor::from(config)
+            .accept(PrefixedIo::new(prefix, stream))
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics.connection("bad_request", "tls");
+                tracing::warn!(target: "policy", %peer, port, %sni, "TLS handshake failed: {e}");
+                return;
+            }
+        };
+        if server.protocol == "TLS" {
+            match listener.tcp_chain(None) {
+                Some(chain) => {
+                    let chain = chain.clone();
+                    self.forward_l4(&rt, &chain, tls, Bytes::new(), conn, Some(sni), "tcp")
+                        .await
+                }
+                None => self.metrics.connection("no_route", "tcp"),
+            }
+        } else {
+            self.serve_http(tls, Bytes::new(), conn).await
+        }
+    }
+
     /// Explicit proxy connection: absolute-form HTTP requests and `CONNECT host:port`.
     pub async fn serve_explicit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let me = self.clone();
@@ -413,6 +529,30 @@ impl Proxy {
             Err(never) => match never {},
         }
     }
+}
+
+/// The Gateway server for an SNI: an exact host first, then the longest wildcard, then `*`
+/// (Envoy's filter-chain match on `server_names` = the server hosts).
+fn pick_server<'a>(
+    servers: &'a [egret_model::snapshot::GatewayServer],
+    sni: &str,
+) -> Option<(usize, &'a egret_model::snapshot::GatewayServer)> {
+    let mut best: Option<(usize, usize, &egret_model::snapshot::GatewayServer)> = None;
+    for (i, s) in servers.iter().enumerate() {
+        for h in &s.hosts {
+            let rank = if h.host == sni {
+                usize::MAX
+            } else if egret_model::host::matches(&h.host, sni) {
+                h.host.len()
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(_, r, _)| rank > r) {
+                best = Some((i, rank, s));
+            }
+        }
+    }
+    best.map(|(i, _, s)| (i, s))
 }
 
 /// Write what was peeked, then copy both ways until either side closes. Returns bytes

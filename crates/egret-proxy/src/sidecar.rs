@@ -26,6 +26,16 @@ pub struct SidecarOptions {
     /// How long in-flight connections may take to finish after SIGTERM.
     pub drain: Duration,
     pub detect_timeout: Duration,
+    /// Gateway role: serve the Gateway servers' ports of the snapshot.
+    pub gateway: Option<GatewayListen>,
+}
+
+/// Where a gateway listens: each server port on `bind`, unless `map` says otherwise (tests, or
+/// a pod whose Service maps port 80 to a target port).
+#[derive(Debug, Clone)]
+pub struct GatewayListen {
+    pub bind: std::net::IpAddr,
+    pub map: std::collections::BTreeMap<u16, SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +57,8 @@ pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub explicit: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// Gateway role: (server port, bound address).
+    pub gateway: Vec<(u16, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     active: Arc<Active>,
     drain: Duration,
@@ -150,6 +162,24 @@ pub async fn start(
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let mut gateway_ls = Vec::new();
+    if let Some(g) = &opts.gateway {
+        let ports: Vec<u16> = state
+            .load()
+            .snapshot
+            .listeners
+            .iter()
+            .map(|l| l.port)
+            .collect();
+        for port in ports {
+            let addr = g
+                .map
+                .get(&port)
+                .copied()
+                .unwrap_or(SocketAddr::new(g.bind, port));
+            gateway_ls.push((port, bind(addr).await?));
+        }
+    }
     let admin_l = bind(opts.admin).await?;
     let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
     let (outbound_addr, explicit_addr) = (local(&outbound), local(&explicit));
@@ -157,9 +187,14 @@ pub async fn start(
         addr: opts.admin,
         source,
     })?;
+    let gateway_addrs: Vec<(u16, SocketAddr)> = gateway_ls
+        .iter()
+        .filter_map(|(p, l)| Some((*p, l.local_addr().ok()?)))
+        .collect();
     proxy.own_ports = [outbound_addr, explicit_addr, Some(admin_addr)]
         .into_iter()
         .flatten()
+        .chain(gateway_addrs.iter().map(|(_, a)| *a))
         .map(|a| a.port())
         .collect();
     let proxy = Arc::new(proxy);
@@ -220,6 +255,31 @@ pub async fn start(
             }
         }));
     }
+    for (port, l) in gateway_ls {
+        let (p, a, m, mut stop) = (
+            proxy.clone(),
+            active.clone(),
+            metrics.clone(),
+            shutdown.subscribe(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    r = l.accept() => {
+                        let Ok((s, peer)) = r else { continue };
+                        let _ = s.set_nodelay(true);
+                        let guard = track(&a, &m);
+                        let p = p.clone();
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            p.serve_gateway(s, peer, port).await;
+                        });
+                    }
+                }
+            }
+        }));
+    }
     let admin = Arc::new(Admin {
         proxy: proxy.clone(),
         ready: ready.clone(),
@@ -268,6 +328,7 @@ pub async fn start(
         outbound: outbound_addr,
         explicit: explicit_addr,
         admin: admin_addr,
+        gateway: gateway_addrs,
         shutdown,
         active,
         drain: opts.drain,

@@ -285,3 +285,81 @@ impl ServerCertVerifier for NoVerify {
 pub fn exists(p: &str) -> bool {
     Path::new(p).exists()
 }
+
+/// A Gateway server's TLS termination (SIMPLE or MUTUAL with certificate files or a
+/// `credentialName`), built once per snapshot. ISTIO_MUTUAL uses the mesh identity instead and
+/// PASSTHROUGH terminates nothing: both are `None` here.
+pub fn server_config(
+    s: &egret_model::snapshot::ServerTls,
+    creds: &CredentialStore,
+    alpn_h2: bool,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    use egret_config::types::{ServerTlsMode, TlsProtocol};
+    if !matches!(
+        s.mode,
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    ) {
+        return Ok(None);
+    }
+    let cred_file = |name: &str, file: &str| -> Result<String, TlsError> {
+        let dir = creds
+            .dir
+            .as_ref()
+            .ok_or_else(|| TlsError::NoCredentialsDir(name.to_string()))?;
+        Ok(dir.join(name).join(file).display().to_string())
+    };
+    let (chain, pkey) = match (&s.server_certificate, &s.private_key, &s.credential_name) {
+        (Some(c), Some(k), _) => (certs(c)?, key(k)?),
+        (_, _, Some(name)) => (
+            certs(&cred_file(name, "tls.crt")?)?,
+            key(&cred_file(name, "tls.key")?)?,
+        ),
+        _ => {
+            return Err(TlsError::Verifier(
+                "SIMPLE/MUTUAL servers need serverCertificate and privateKey, or credentialName"
+                    .into(),
+            ));
+        }
+    };
+    // Istio's defaults: TLS 1.2 minimum; TLS_AUTO/none = what rustls supports (1.2, 1.3).
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        match (s.min_protocol_version, s.max_protocol_version) {
+            (Some(TlsProtocol::TlsV1_3), _) => vec![&rustls::version::TLS13],
+            (_, Some(TlsProtocol::TlsV1_2)) => vec![&rustls::version::TLS12],
+            _ => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        };
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)?;
+    let builder = if matches!(
+        s.mode,
+        ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    ) {
+        let ca = match (&s.ca_certificates, &s.credential_name) {
+            (Some(p), _) => p.clone(),
+            (None, Some(name)) => cred_file(name, "ca.crt")?,
+            (None, None) => {
+                return Err(TlsError::Verifier(
+                    "MUTUAL servers need caCertificates or credentialName".into(),
+                ));
+            }
+        };
+        let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots_from(&ca)?,
+            provider(),
+        );
+        if s.mode == ServerTlsMode::OptionalMutual {
+            v = v.allow_unauthenticated();
+        }
+        let v = v.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+        builder.with_client_cert_verifier(v)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(chain, pkey)?;
+    config.alpn_protocols = if alpn_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Some(Arc::new(config)))
+}

@@ -38,6 +38,8 @@ enum Command {
     },
     /// Run the sidecar proxy in standalone mode: compile PATH itself, watch it, serve.
     Sidecar(run::SidecarArgs),
+    /// Run an egress gateway: serve the Gateway servers whose selector matches --labels.
+    Gateway(run::GatewayArgs),
     /// Traffic capture rules for the workload's network namespace (Istio's istio-iptables
     /// shape): `apply`, `print` or `clean`.
     Iptables(run::IptablesArgs),
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sidecar(args) => run::sidecar(args),
+        Command::Gateway(args) => run::gateway(args),
         Command::Iptables(args) => run::iptables(args),
         Command::Validate {
             paths,

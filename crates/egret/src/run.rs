@@ -63,24 +63,165 @@ pub struct SidecarArgs {
     log_format: String,
 }
 
-pub fn sidecar(a: SidecarArgs) -> ExitCode {
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Configuration file or directory (watched for changes).
+    #[arg(long)]
+    config: Vec<PathBuf>,
+    /// The gateway's namespace.
+    #[arg(long)]
+    namespace: String,
+    #[arg(long, default_value = "istio-egressgateway-service-account")]
+    service_account: String,
+    /// The gateway's labels, `k=v,...`: Gateway `selector`s match them.
+    #[arg(long)]
+    labels: String,
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    /// Where `credentialName` credentials are read: DIR/<name>/{tls.crt,tls.key,ca.crt}.
+    #[arg(long)]
+    credentials_dir: Option<PathBuf>,
+    /// Address the server ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: std::net::IpAddr,
+    /// Listen for a server port elsewhere: `80=0.0.0.0:8080` (repeatable), like a Service's
+    /// targetPort.
+    #[arg(long = "listen")]
+    listen: Vec<String>,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    admin_bind: std::net::IpAddr,
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    config_poll_ms: u64,
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+/// `egret gateway`: the same engine in gateway role.
+pub fn gateway(a: GatewayArgs) -> ExitCode {
+    let set_level = init_logging(&a.log_level, &a.log_format);
+    let labels = match egret_model::parse_labels(&a.labels) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("egret: --labels: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut map = std::collections::BTreeMap::new();
+    for l in &a.listen {
+        let parsed = l
+            .split_once('=')
+            .and_then(|(p, addr)| Some((p.parse::<u16>().ok()?, addr.parse::<SocketAddr>().ok()?)));
+        match parsed {
+            Some((p, addr)) => {
+                map.insert(p, addr);
+            }
+            None => {
+                eprintln!("egret: --listen {l:?}: expected PORT=ADDR:PORT, e.g. 80=0.0.0.0:8080");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if a.config.is_empty() {
+        eprintln!("egret: --config PATH is required");
+        return ExitCode::from(2);
+    }
+    let opts = SidecarOptions {
+        source: SourceConfig {
+            paths: a.config,
+            mesh_config: a.mesh_config,
+            proxy: ProxyIdentity {
+                role: Role::Gateway,
+                namespace: a.namespace,
+                service_account: a.service_account,
+                labels,
+            },
+            credentials: CredentialStore {
+                dir: a.credentials_dir,
+            },
+            poll: Duration::from_millis(a.config_poll_ms.max(50)),
+        },
+        outbound: None,
+        explicit: None,
+        admin: SocketAddr::new(a.admin_bind, a.admin_port),
+        drain: Duration::from_secs(a.drain_seconds),
+        detect_timeout: Duration::from_millis(500),
+        gateway: Some(sidecar::GatewayListen { bind: a.bind, map }),
+    };
+    serve(opts, set_level, "egret gateway ready")
+}
+
+fn init_logging(level: &str, format: &str) -> egret_proxy::admin::SetLogLevel {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(
-        EnvFilter::try_new(&a.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+        EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
     );
     // Colours only on a terminal: logs written to files stay greppable.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter);
-    if a.log_format == "json" {
+    if format == "json" {
         registry.with(fmt.json()).init();
     } else {
         registry.with(fmt).init();
     }
-    let set_level: egret_proxy::admin::SetLogLevel = Arc::new(move |l: &str| {
+    Arc::new(move |l: &str| {
         let f = EnvFilter::try_new(l).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
-    });
+    })
+}
+
+/// Run a proxy until SIGTERM, then drain.
+fn serve(
+    opts: SidecarOptions,
+    set_level: egret_proxy::admin::SetLogLevel,
+    ready_msg: &'static str,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("egret: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let running = match sidecar::start(opts, Some(set_level)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            outbound = ?running.outbound,
+            proxy = ?running.explicit,
+            gateway = ?running.gateway,
+            admin = %running.admin,
+            "{ready_msg}"
+        );
+        wait_for_signal().await;
+        tracing::info!("draining");
+        let left = running.drain().await;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain deadline reached; closing the rest"
+            );
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn sidecar(a: SidecarArgs) -> ExitCode {
+    let set_level = init_logging(&a.log_level, &a.log_format);
     let labels = match egret_model::parse_labels(&a.labels) {
         Ok(l) => l,
         Err(e) => {
@@ -112,42 +253,9 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         admin: SocketAddr::new(a.admin_bind, a.admin_port),
         drain: Duration::from_secs(a.drain_seconds),
         detect_timeout: Duration::from_millis(a.detect_timeout_ms),
+        gateway: None,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("egret: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    rt.block_on(async move {
-        let running = match sidecar::start(opts, Some(set_level)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::from(1);
-            }
-        };
-        tracing::info!(
-            outbound = ?running.outbound,
-            proxy = ?running.explicit,
-            admin = %running.admin,
-            "egret sidecar ready"
-        );
-        wait_for_signal().await;
-        tracing::info!("draining");
-        let left = running.drain().await;
-        if left > 0 {
-            tracing::warn!(
-                connections = left,
-                "drain deadline reached; closing the rest"
-            );
-        }
-        ExitCode::SUCCESS
-    })
+    serve(opts, set_level, "egret sidecar ready")
 }
 
 async fn wait_for_signal() {

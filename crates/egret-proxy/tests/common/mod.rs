@@ -75,6 +75,7 @@ impl Sidecar {
             admin: "127.0.0.1:0".parse().unwrap(),
             drain: Duration::from_secs(2),
             detect_timeout: Duration::from_millis(200),
+            gateway: None,
         };
         let running = sidecar::start(opts, None).await.expect("sidecar starts");
         Sidecar {
@@ -82,6 +83,61 @@ impl Sidecar {
             dir: DirGuard(dir),
             config,
         }
+    }
+
+    /// An egress gateway (same engine, gateway role) whose server ports `ports` listen on
+    /// ephemeral loopback ports; `addr(port)` says where.
+    pub async fn gateway(yaml: &str, labels: &[(&str, &str)], ports: &[u16]) -> Sidecar {
+        let dir = temp_dir("gateway");
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let opts = SidecarOptions {
+            source: SourceConfig {
+                paths: vec![config.clone()],
+                mesh_config: None,
+                proxy: ProxyIdentity {
+                    role: Role::Gateway,
+                    namespace: "istio-system".into(),
+                    service_account: "istio-egressgateway-service-account".into(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                },
+                credentials: CredentialStore {
+                    dir: Some(dir.join("credentials")),
+                },
+                poll: Duration::from_millis(50),
+            },
+            outbound: None,
+            explicit: None,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            drain: Duration::from_secs(2),
+            detect_timeout: Duration::from_millis(200),
+            gateway: Some(sidecar::GatewayListen {
+                bind: "127.0.0.1".parse().unwrap(),
+                map: ports
+                    .iter()
+                    .map(|p| (*p, "127.0.0.1:0".parse().unwrap()))
+                    .collect(),
+            }),
+        };
+        let running = sidecar::start(opts, None).await.expect("gateway starts");
+        Sidecar {
+            running,
+            dir: DirGuard(dir),
+            config,
+        }
+    }
+
+    /// Where the gateway serves server port `port`.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        self.running
+            .gateway
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no gateway listener for port {port}"))
     }
 
     /// A local address whose connections the sidecar serves as captured traffic to `orig_dst`.

@@ -1,0 +1,291 @@
+//! In-process end-to-end: the egress gateway role — Gateway servers bound by selector, HTTP
+//! routing by the gateway leg of a VirtualService, TLS PASSTHROUGH by SNI, SIMPLE/MUTUAL
+//! termination with file certificates followed by TLS origination, TCP, and the hygiene rules
+//! that are already in place (no SNI, unknown SNI, unknown host).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use egret_testkit::ca::TestCa;
+use egret_testkit::server::{InProcessServer, TestServerConfig};
+
+const LABELS: &[(&str, &str)] = &[("istio", "egressgateway")];
+
+fn external(name: &str, ca: &TestCa, hosts: &[&str]) -> InProcessServer {
+    InProcessServer::start(
+        None,
+        TestServerConfig::new(name)
+            .plain("127.0.0.1:0".parse().unwrap())
+            .tls(
+                "127.0.0.1:0".parse().unwrap(),
+                ca.issue_server(hosts).unwrap(),
+            ),
+    )
+    .unwrap()
+}
+
+/// The external service as a STATIC ServiceEntry: port 80 -> its plain listener, 443 -> TLS.
+fn external_se(host: &str, srv: &InProcessServer) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 443, name: https, protocol: HTTPS}}
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}, https: {}}}}}]
+",
+        srv.plain_addrs()[0].port(),
+        srv.tls_addrs()[0].port(),
+        name = host.replace('.', "-"),
+    )
+}
+
+#[tokio::test]
+async fn http_server_routes_the_gateway_leg() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn", &ca, &["cnn.test"]);
+    // Sample 05's gateway side, hosts adapted; the Gateway binds by selector.
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [cnn.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test]
+  gateways: [istio-system/istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: 80}}]
+    route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
+    headers: {{request: {{add: {{x-egress-test: handled-by-egress-gateway}}}}}}
+",
+        external_se("cnn.test", &cnn)
+    );
+    let gw = Sidecar::gateway(&yaml, LABELS, &[80]).await;
+    let r = get(gw.addr(80), "cnn.test", "/headers", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("x-egress-test: handled-by-egress-gateway"),
+        "{}",
+        r.body
+    );
+    // Hosts the gateway does not serve: 404 (NR), never passed through.
+    assert_eq!(get(gw.addr(80), "other.test", "/", &[]).await.status, 404);
+    // A gateway with other labels binds nothing.
+    let none = Sidecar::gateway(&yaml, &[("istio", "other")], &[]).await;
+    assert!(none.running.gateway.is_empty());
+}
+
+#[tokio::test]
+async fn passthrough_routes_by_sni_and_refuses_no_sni_and_unknown_sni() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-tls", &ca, &["cnn.test"]);
+    // Sample 06's gateway side.
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: [cnn.test]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test]
+  gateways: [istio-system/istio-egressgateway]
+  tls:
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: 443, sniHosts: [cnn.test]}}]
+    route: [{{destination: {{host: cnn.test, port: {{number: 443}}}}}}]
+",
+        external_se("cnn.test", &cnn)
+    );
+    let gw = Sidecar::gateway(&yaml, LABELS, &[443]).await;
+    let dir = temp_dir("gw-ca");
+    let cafile = dir.join("ca.pem");
+    std::fs::write(&cafile, ca.ca_pem()).unwrap();
+    let port = gw.addr(443).port();
+    let (code, body) = curl(&[
+        "--cacert",
+        cafile.to_str().unwrap(),
+        "--connect-to",
+        &format!("cnn.test:443:127.0.0.1:{port}"),
+        "https://cnn.test/",
+    ])
+    .await;
+    assert_eq!((code, body.as_str()), (0, "hello from cnn-tls\n"));
+    // Unknown SNI: closed during the handshake.
+    let (code, _) = curl(&[
+        "--cacert",
+        cafile.to_str().unwrap(),
+        "--connect-to",
+        &format!("evil.test:443:127.0.0.1:{port}"),
+        "https://evil.test/",
+    ])
+    .await;
+    assert_eq!(code, 35);
+    // No SNI (an IP literal URL sends none): refused.
+    let (code, _) = curl(&[
+        "--cacert",
+        cafile.to_str().unwrap(),
+        &format!("https://127.0.0.1:{port}/"),
+    ])
+    .await;
+    assert_eq!(code, 35);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn simple_termination_then_tls_origination() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-origin", &ca, &["cnn.test"]);
+    let dir = temp_dir("gw-simple");
+    let gw_cert = ca.issue_server(&["cnn.test"]).unwrap();
+    let (cert, key, cafile) = (dir.join("gw.pem"), dir.join("gw.key"), dir.join("ca.pem"));
+    std::fs::write(&cert, &gw_cert.cert_pem).unwrap();
+    std::fs::write(&key, &gw_cert.key_pem).unwrap();
+    std::fs::write(&cafile, ca.ca_pem()).unwrap();
+    // Sample 10's gateway side with SIMPLE file certificates in place of ISTIO_MUTUAL: TLS is
+    // terminated at the gateway, the request routed to cnn.test:443, and TLS originated again.
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [cnn.test]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test]
+  gateways: [istio-system/istio-egressgateway]
+  http:
+  - route: [{{destination: {{host: cnn.test, port: {{number: 443}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate}}
+spec:
+  host: cnn.test
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: SIMPLE, caCertificates: {ca}}}
+",
+        external_se("cnn.test", &cnn),
+        cert = cert.display(),
+        key = key.display(),
+        ca = cafile.display(),
+    );
+    let gw = Sidecar::gateway(&yaml, LABELS, &[443]).await;
+    let port = gw.addr(443).port();
+    let (code, body) = curl(&[
+        "--cacert",
+        cafile.to_str().unwrap(),
+        "--connect-to",
+        &format!("cnn.test:443:127.0.0.1:{port}"),
+        "https://cnn.test/headers",
+    ])
+    .await;
+    assert_eq!(code, 0, "{body}");
+    // The external server saw a request over its TLS listener, from the gateway.
+    assert!(body.contains("GET /headers"), "{body}");
+    assert!(cnn.requests() >= 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn mutual_server_requires_a_client_certificate() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-m", &ca, &["cnn.test"]);
+    let dir = temp_dir("gw-mutual");
+    let gw_cert = ca.issue_server(&["cnn.test"]).unwrap();
+    let client = ca.issue_client("caller").unwrap();
+    let p = |n: &str| dir.join(n);
+    std::fs::write(p("gw.pem"), &gw_cert.cert_pem).unwrap();
+    std::fs::write(p("gw.key"), &gw_cert.key_pem).unwrap();
+    std::fs::write(p("ca.pem"), ca.ca_pem()).unwrap();
+    std::fs::write(p("c.pem"), &client.cert_pem).unwrap();
+    std::fs::write(p("c.key"), &client.key_pem).unwrap();
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [cnn.test]
+    tls: {{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
+",
+        external_se("cnn.test", &cnn),
+        p("gw.pem").display(),
+        p("gw.key").display(),
+        p("ca.pem").display(),
+    );
+    let gw = Sidecar::gateway(&yaml, LABELS, &[443]).await;
+    let port = gw.addr(443).port();
+    let connect_to = format!("cnn.test:443:127.0.0.1:{port}");
+    let cafile = p("ca.pem");
+    let base = [
+        "--cacert",
+        cafile.to_str().unwrap(),
+        "--connect-to",
+        connect_to.as_str(),
+    ];
+    let (code, _) = curl(&[&base[..], &["https://cnn.test/"]].concat()).await;
+    assert_ne!(code, 0, "no client certificate: refused");
+    let (cert, key) = (p("c.pem"), p("c.key"));
+    let (code, body) = curl(
+        &[
+            &base[..],
+            &[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "https://cnn.test/",
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (0, "hello from cnn-m\n"));
+    let _ = std::fs::remove_dir_all(dir);
+}
