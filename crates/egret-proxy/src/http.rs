@@ -145,6 +145,25 @@ async fn route_and_forward(
         );
     };
     let (host, auth_port) = split_authority(&authority);
+    // Where the gateway terminated TLS, the request must be for the name the TLS was for:
+    // otherwise a client could present an allowed SNI and ask for another host (domain
+    // fronting). 421 Misdirected Request, as Envoy's and RFC 9110's answer.
+    if let Some(sni) = &conn.sni
+        && !sni.eq_ignore_ascii_case(&host)
+    {
+        out.status = 421;
+        out.flags = "DPE";
+        out.details = "sni_host_mismatch";
+        tracing::warn!(target: "policy", %sni, host, "Host does not match the TLS SNI: 421");
+        return (
+            local(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host does not match the TLS server name\n",
+            ),
+            out,
+            authority,
+        );
+    }
     // Which port the request is for: where it was captured, else the URI/Host port.
     let port = match (conn.mode, conn.orig_dst) {
         (Mode::Captured, Some(dst)) => dst.port(),
@@ -571,6 +590,25 @@ fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Inco
     req
 }
 
+/// Headers that describe the mesh (identities, internal routing) never leave it: the gateway
+/// removes them before a request goes to an external service.
+fn strip_mesh_headers(h: &mut http::HeaderMap) {
+    let internal: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with("x-envoy-")
+                || k.starts_with("x-istio-")
+                || k.starts_with("x-egret-")
+                || k == "x-forwarded-client-cert"
+        })
+        .cloned()
+        .collect();
+    for k in internal {
+        h.remove(k);
+    }
+}
+
 fn apply_headers(h: &mut http::HeaderMap, ops: &HeaderOps) {
     for name in &ops.remove {
         h.remove(name.as_str());
@@ -613,6 +651,10 @@ async fn forward(
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_else(|| host.to_string());
     let mut req = strip_hop_by_hop(req, &authority);
+    if conn.mode == Mode::Gateway && cluster.location == egret_config::types::Location::MeshExternal
+    {
+        strip_mesh_headers(req.headers_mut());
+    }
     apply_headers(req.headers_mut(), &route.request_headers);
     apply_headers(req.headers_mut(), &dest.request_headers);
     let state = rt.clusters.get(&cluster.name);

@@ -55,6 +55,8 @@ pub struct ConnInfo {
     pub mode: Mode,
     /// Port assumed for an absolute-form URI without one.
     pub default_port: u16,
+    /// The SNI of the TLS this gateway terminated: requests must name the same host (421).
+    pub sni: Option<String>,
 }
 
 pub struct Proxy {
@@ -115,6 +117,7 @@ impl Proxy {
             orig_dst: Some(orig_dst),
             mode: Mode::Captured,
             default_port: orig_dst.port(),
+            sni: None,
         };
         self.serve_stream(stream, conn).await;
     }
@@ -353,11 +356,12 @@ impl Proxy {
             self.metrics.connection("no_route", "tcp");
             return;
         };
-        let conn = ConnInfo {
+        let mut conn = ConnInfo {
             peer,
             orig_dst: None,
             mode: Mode::Gateway,
             default_port: port,
+            sni: None,
         };
         match listener.protocol {
             ListenerProtocol::Http => return self.serve_http(stream, Bytes::new(), conn).await,
@@ -400,6 +404,12 @@ impl Proxy {
             tracing::warn!(target: "policy", %peer, port, "TLS without SNI refused");
             return;
         };
+        if sni.parse::<IpAddr>().is_ok() {
+            // Egress hygiene: an IP address is not a name the gateway can check or resolve.
+            self.metrics.connection("bad_request", "tls");
+            tracing::warn!(target: "policy", %peer, port, %sni, "IP literal as SNI refused");
+            return;
+        }
         let Some((idx, server)) = pick_server(&listener.servers, &sni) else {
             self.metrics.connection("no_route", "tls");
             tracing::warn!(target: "policy", %peer, port, %sni, "no Gateway server for this SNI: closed");
@@ -441,6 +451,7 @@ impl Proxy {
                 return;
             }
         };
+        conn.sni = Some(sni.clone());
         if server.protocol == "TLS" {
             match listener.tcp_chain(None) {
                 Some(chain) => {
@@ -505,6 +516,7 @@ impl Proxy {
                             orig_dst: Some(dst),
                             mode: Mode::Captured,
                             default_port: port,
+                            sni: None,
                         };
                         me.serve_stream(TokioIo::new(upgraded), conn).await;
                     }
@@ -523,6 +535,7 @@ impl Proxy {
             orig_dst: None,
             mode: Mode::Explicit,
             default_port: 80,
+            sni: None,
         });
         match h::handle(self, conn, req).await {
             Ok(r) => r,

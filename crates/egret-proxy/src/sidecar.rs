@@ -36,6 +36,9 @@ pub struct SidecarOptions {
 pub struct GatewayListen {
     pub bind: std::net::IpAddr,
     pub map: std::collections::BTreeMap<u16, SocketAddr>,
+    /// Ranges that resolved names may not point into (the mesh's own networks), besides
+    /// loopback and link-local which are always refused.
+    pub forbidden: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,12 @@ pub async fn start(
     let state = Arc::new(ArcSwap::from_pointee(first));
     let mut proxy = Proxy::new(state.clone(), metrics.clone());
     proxy.detect_timeout = opts.detect_timeout;
+    if let Some(g) = &opts.gateway {
+        let mut up = crate::upstream::Upstreams::new();
+        up.gateway = true;
+        up.forbidden = g.forbidden.clone();
+        proxy.upstreams = Arc::new(up);
+    }
 
     let outbound = match opts.outbound {
         Some(a) => Some(bind(a).await?),

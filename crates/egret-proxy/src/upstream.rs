@@ -82,6 +82,26 @@ pub struct Upstreams {
     h2: std::sync::Mutex<HashMap<PoolKey, http2::SendRequest<ReqBody>>>,
     /// Idle connections kept per key.
     max_idle: usize,
+    /// Ranges a gateway refuses for resolved names (besides loopback and link-local).
+    pub forbidden: Vec<ipnet::IpNet>,
+    /// Gateway role: names are resolved with [`Upstreams::resolve_public`].
+    pub gateway: bool,
+}
+
+fn forbidden(ip: &IpAddr, extra: &[ipnet::IpNet]) -> bool {
+    let special = match ip {
+        IpAddr::V4(v) => {
+            v.is_loopback() || v.is_link_local() || v.is_unspecified() || v.is_broadcast()
+        }
+        IpAddr::V6(v) => {
+            v.is_loopback()
+                || v.is_unspecified()
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+                || v.to_ipv4_mapped()
+                    .is_some_and(|m| m.is_loopback() || m.is_link_local())
+        }
+    };
+    special || extra.iter().any(|n| n.contains(ip))
 }
 
 /// The endpoint chosen for one request or connection.
@@ -137,6 +157,8 @@ impl Upstreams {
             idle: std::sync::Mutex::new(HashMap::new()),
             h2: std::sync::Mutex::new(HashMap::new()),
             max_idle: 64,
+            forbidden: Vec::new(),
+            gateway: false,
         }
     }
 
@@ -180,6 +202,29 @@ impl Upstreams {
         Ok(ips)
     }
 
+    /// Resolve a name for a gateway: addresses in loopback, link-local, unspecified or the
+    /// configured forbidden ranges are refused, so a name an attacker controls cannot be made
+    /// to point the gateway at itself or at the mesh (DNS rebinding). Configured IP endpoints
+    /// are not checked: the operator wrote them.
+    pub async fn resolve_public(&self, host: &str) -> Result<Vec<IpAddr>, UpstreamError> {
+        let ips = self.resolve(host).await?;
+        if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+            return Ok(ips);
+        }
+        let allowed: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !forbidden(ip, &self.forbidden))
+            .collect();
+        if allowed.is_empty() {
+            return Err(UpstreamError::Resolve {
+                host: host.to_string(),
+                reason: format!("resolves only into forbidden ranges ({ips:?})"),
+            });
+        }
+        Ok(allowed)
+    }
+
     /// Choose where to send: by the cluster's resolution and load-balancing policy.
     /// `orig_dst` is the address the application dialed (captured traffic), `authority` the
     /// host it asked for (explicit proxy, or resolution NONE without a captured address).
@@ -203,7 +248,11 @@ impl Upstreams {
                         load: None,
                     });
                 }
-                let ips = self.resolve(authority).await?;
+                let ips = if self.gateway {
+                    self.resolve_public(authority).await?
+                } else {
+                    self.resolve(authority).await?
+                };
                 let i = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
                 Ok(Picked {
                     addr: SocketAddr::new(ips[i % ips.len()], cluster.target_port),
@@ -218,7 +267,11 @@ impl Upstreams {
                 let n = cluster.endpoints.len();
                 let i = choose(cluster, state, n);
                 let ep = &cluster.endpoints[i];
-                let ips = self.resolve(&ep.address).await?;
+                let ips = if self.gateway {
+                    self.resolve_public(&ep.address).await?
+                } else {
+                    self.resolve(&ep.address).await?
+                };
                 // STRICT_DNS: every address is an endpoint (round robin across them);
                 // LOGICAL_DNS (DNS_ROUND_ROBIN): the first address.
                 let j = if cluster.resolution == Resolution::DnsRoundRobin {

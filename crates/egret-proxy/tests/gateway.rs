@@ -289,3 +289,137 @@ spec:
     assert_eq!((code, body.as_str()), (0, "hello from cnn-m\n"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Egress hygiene at the gateway: Host must match the SNI of the TLS it terminated (421),
+/// an IP literal is not accepted as SNI, mesh-internal headers do not leave the mesh, and a
+/// name resolved at the gateway may not point into loopback (DNS rebinding).
+#[tokio::test]
+async fn egress_hygiene() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-h", &ca, &["cnn.test"]);
+    let dir = temp_dir("gw-hygiene");
+    let gw_cert = ca.issue_server(&["cnn.test", "evil.test"]).unwrap();
+    let p = |n: &str| dir.join(n);
+    std::fs::write(p("gw.pem"), &gw_cert.cert_pem).unwrap();
+    std::fs::write(p("gw.key"), &gw_cert.key_pem).unwrap();
+    std::fs::write(p("ca.pem"), ca.ca_pem()).unwrap();
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: local}}
+spec:
+  hosts: [rebind.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DNS
+  endpoints: [{{address: localhost, ports: {{http: {}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [cnn.test, evil.test]
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [cnn.test, rebind.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test, rebind.test]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{{authority: {{exact: rebind.test}}}}]
+    route: [{{destination: {{host: rebind.test, port: {{number: 80}}}}}}]
+  - route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
+",
+        external_se("cnn.test", &cnn),
+        cnn.plain_addrs()[0].port(),
+        p("gw.pem").display(),
+        p("gw.key").display(),
+    );
+    let gw = Sidecar::gateway(&yaml, LABELS, &[80, 443]).await;
+    let port = gw.addr(443).port();
+    let cafile = p("ca.pem");
+    // TLS for cnn.test, request for evil.test (both served names): 421.
+    let (code, out) = curl(&[
+        "--cacert",
+        cafile.to_str().unwrap(),
+        "--connect-to",
+        &format!("cnn.test:443:127.0.0.1:{port}"),
+        "-H",
+        "Host: evil.test",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://cnn.test/",
+    ])
+    .await;
+    assert_eq!((code, out.as_str()), (0, "421"));
+    // The matching Host works.
+    let (code, body) = curl(&[
+        "--cacert",
+        cafile.to_str().unwrap(),
+        "--connect-to",
+        &format!("cnn.test:443:127.0.0.1:{port}"),
+        "https://cnn.test/",
+    ])
+    .await;
+    assert_eq!((code, body.as_str()), (0, "hello from cnn-h\n"));
+    // An IP literal as SNI: the handshake is refused.
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "203.0.113.9",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("no peer certificate available") && text.contains("read 0 bytes"),
+        "{text}"
+    );
+    assert!(
+        gw.running
+            .proxy
+            .metrics
+            .encode()
+            .contains("outcome=\"bad_request\",protocol=\"tls\"")
+    );
+    // Mesh-internal headers are removed on the way out.
+    let r = get(
+        gw.addr(80),
+        "cnn.test",
+        "/headers",
+        &[
+            ("x-envoy-peer-metadata", "secret"),
+            ("x-forwarded-client-cert", "By=spiffe://x"),
+            ("x-trace", "keep"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.body.contains("x-envoy-peer-metadata") && !r.body.contains("x-forwarded-client-cert"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("x-trace: keep"), "{}", r.body);
+    // rebind.test's endpoint name resolves to loopback: the gateway refuses to go there
+    // (DNS rebinding), though the same configuration works at a sidecar.
+    let r = get(gw.addr(80), "rebind.test", "/", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("forbidden ranges"), "{}", r.body);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -88,6 +88,10 @@ pub struct GatewayArgs {
     /// targetPort.
     #[arg(long = "listen")]
     listen: Vec<String>,
+    /// Networks that names resolved at the gateway may not point into (the mesh's own
+    /// ranges), e.g. `10.0.0.0/8,198.51.100.0/24`; loopback and link-local always are.
+    #[arg(long, default_value = "")]
+    deny_cidrs: String,
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
     #[arg(long, default_value = "127.0.0.1")]
@@ -131,6 +135,13 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
         eprintln!("egret: --config PATH is required");
         return ExitCode::from(2);
     }
+    let forbidden = match egret_proxy::capture::parse_cidrs(&a.deny_cidrs) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("egret: --deny-cidrs: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = SidecarOptions {
         source: SourceConfig {
             paths: a.config,
@@ -151,7 +162,11 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
         admin: SocketAddr::new(a.admin_bind, a.admin_port),
         drain: Duration::from_secs(a.drain_seconds),
         detect_timeout: Duration::from_millis(500),
-        gateway: Some(sidecar::GatewayListen { bind: a.bind, map }),
+        gateway: Some(sidecar::GatewayListen {
+            bind: a.bind,
+            map,
+            forbidden,
+        }),
     };
     serve(opts, set_level, "egret gateway ready")
 }

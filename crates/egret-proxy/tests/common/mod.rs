@@ -120,6 +120,7 @@ impl Sidecar {
                     .iter()
                     .map(|p| (*p, "127.0.0.1:0".parse().unwrap()))
                     .collect(),
+                forbidden: Vec::new(),
             }),
         };
         let running = sidecar::start(opts, None).await.expect("gateway starts");
