@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use egret_config::{ConfigSet, Diagnostics, LoadOptions, Loader, Severity};
 use egret_model::{ProxyIdentity, Role};
 
+mod ca;
 mod output;
 mod run;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Traffic capture rules for the workload's network namespace (Istio's istio-iptables
     /// shape): `apply`, `print` or `clean`.
     Iptables(run::IptablesArgs),
+    /// The mesh CA: `init` creates a root and signing intermediate, `issue` writes a workload
+    /// identity (cert-chain.pem, key.pem, root-cert.pem).
+    Ca(ca::CaArgs),
     /// Compile the configuration for one proxy and print its snapshot.
     Compile {
         #[arg(long, value_parser = parse_role)]
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Sidecar(args) => run::sidecar(args),
         Command::Gateway(args) => run::gateway(args),
         Command::Iptables(args) => run::iptables(args),
+        Command::Ca(args) => ca::run(args),
         Command::Validate {
             paths,
             mesh_config,
