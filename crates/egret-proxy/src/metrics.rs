@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     /// `routed`, `passthrough`, `blackhole`, `no_route`, `direct_response`, `redirect`,
-    /// `upstream_error`, `timeout`, `bad_request`, `loop`.
+    /// `upstream_error`, `timeout`, `bad_request`, `loop`, `accept_error`.
     pub outcome: &'static str,
     /// `http`, `tls` or `tcp`.
     pub protocol: &'static str,

@@ -103,6 +103,59 @@ fn bind_v6_only(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
+/// What a listener's connections are.
+#[derive(Clone, Copy)]
+enum Accepted {
+    Captured,
+    Explicit,
+    Gateway(u16),
+}
+
+/// Accept until shutdown; each connection is tracked for draining and served on its own task.
+/// An accept error (out of file descriptors, say) is logged and counted, and the loop backs
+/// off briefly instead of spinning.
+async fn accept_loop(
+    l: TcpListener,
+    kind: Accepted,
+    p: Arc<Proxy>,
+    active: Arc<Active>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let r = tokio::select! {
+            _ = stop.changed() => break,
+            r = l.accept() => r,
+        };
+        let (s, peer) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                metrics.connection("accept_error", "tcp");
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let guard = track(&active, &metrics);
+        let p = p.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match kind {
+                Accepted::Captured => match original_dst(&s) {
+                    Some(dst) => p.serve_captured(s, peer, dst).await,
+                    None => tracing::warn!(
+                        %peer,
+                        "no original destination (not redirected by iptables?): closed"
+                    ),
+                },
+                Accepted::Explicit => p.serve_explicit(s, peer).await,
+                Accepted::Gateway(port) => p.serve_gateway(s, peer, port).await,
+            }
+        });
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -212,82 +265,24 @@ pub async fn start(
     let active = Arc::new(Active::default());
     let mut tasks = Vec::new();
 
-    for l in outbound.into_iter().chain(outbound_v6) {
-        let (p, a, m, mut stop) = (
+    let accept = |l: TcpListener, kind: Accepted| {
+        accept_loop(
+            l,
+            kind,
             proxy.clone(),
             active.clone(),
             metrics.clone(),
             shutdown.subscribe(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    r = l.accept() => {
-                        let Ok((s, peer)) = r else { continue };
-                        let guard = track(&a, &m);
-                        let p = p.clone();
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            match original_dst(&s) {
-                                Some(dst) => p.serve_captured(s, peer, dst).await,
-                                None => tracing::warn!(%peer, "no original destination (not redirected by iptables?): closed"),
-                            }
-                        });
-                    }
-                }
-            }
-        }));
+        )
+    };
+    for l in outbound.into_iter().chain(outbound_v6) {
+        tasks.push(tokio::spawn(accept(l, Accepted::Captured)));
     }
     if let Some(l) = explicit {
-        let (p, a, m, mut stop) = (
-            proxy.clone(),
-            active.clone(),
-            metrics.clone(),
-            shutdown.subscribe(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    r = l.accept() => {
-                        let Ok((s, peer)) = r else { continue };
-                        let _ = s.set_nodelay(true);
-                        let guard = track(&a, &m);
-                        let p = p.clone();
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            p.serve_explicit(s, peer).await;
-                        });
-                    }
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(accept(l, Accepted::Explicit)));
     }
     for (port, l) in gateway_ls {
-        let (p, a, m, mut stop) = (
-            proxy.clone(),
-            active.clone(),
-            metrics.clone(),
-            shutdown.subscribe(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    r = l.accept() => {
-                        let Ok((s, peer)) = r else { continue };
-                        let _ = s.set_nodelay(true);
-                        let guard = track(&a, &m);
-                        let p = p.clone();
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            p.serve_gateway(s, peer, port).await;
-                        });
-                    }
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(accept(l, Accepted::Gateway(port))));
     }
     let admin = Arc::new(Admin {
         proxy: proxy.clone(),
