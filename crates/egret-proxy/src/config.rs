@@ -19,6 +19,7 @@ use egret_model::{ProxyIdentity, Snapshot};
 use rustls::ClientConfig;
 use tracing::{info, warn};
 
+use crate::mesh::MeshTls;
 use crate::metrics::Metrics;
 use crate::tls::{self, CredentialStore};
 
@@ -35,6 +36,9 @@ pub struct Runtime {
 pub struct ClusterRuntime {
     /// TLS origination, when the cluster's DestinationRule asks for SIMPLE or MUTUAL.
     pub tls: Option<Arc<ClientConfig>>,
+    /// The mesh tunnel (`ISTIO_MUTUAL`: a sidecar's egress gateways), when this proxy has an
+    /// identity; `None` with ISTIO_MUTUAL means requests answer 503 (`UH`).
+    pub mesh: Option<Arc<ClientConfig>>,
     /// Round-robin position over endpoints.
     pub next: AtomicUsize,
     /// Rotation over the addresses a DNS endpoint resolves to (kept apart from `next`, so
@@ -47,7 +51,11 @@ pub struct ClusterRuntime {
 impl Runtime {
     /// Build the per-cluster state. Fails if a certificate or key file named by the
     /// configuration cannot be used: such a snapshot is rejected like a config error.
-    pub fn new(snapshot: Snapshot, creds: &CredentialStore) -> Result<Runtime, Vec<String>> {
+    pub fn new(
+        snapshot: Snapshot,
+        creds: &CredentialStore,
+        mesh: Option<&MeshTls>,
+    ) -> Result<Runtime, Vec<String>> {
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         let mut errors = Vec::new();
         for c in &snapshot.clusters {
@@ -58,6 +66,19 @@ impl Runtime {
                     None
                 }
             };
+            let mut mesh_config = None;
+            if c.policy.tls.mode == egret_config::types::ClientTlsMode::IstioMutual {
+                match mesh {
+                    Some(m) => match m.client_config(c) {
+                        Ok(cfg) => mesh_config = Some(cfg),
+                        Err(e) => errors.push(format!("cluster {}: mesh identity: {e}", c.name)),
+                    },
+                    None => warn!(
+                        cluster = %c.name,
+                        "ISTIO_MUTUAL (mesh tunnel) needs --identity-dir: requests to this cluster will fail"
+                    ),
+                }
+            }
             if c.policy.tls.verify == egret_model::snapshot::Verify::InsecureSkip {
                 warn!(cluster = %c.name, "insecureSkipVerify: the upstream certificate is not verified");
             }
@@ -65,6 +86,7 @@ impl Runtime {
                 c.name.clone(),
                 ClusterRuntime {
                     tls,
+                    mesh: mesh_config,
                     next: AtomicUsize::new(0),
                     next_ip: AtomicUsize::new(0),
                     active: (0..c.endpoints.len())
@@ -108,6 +130,8 @@ pub struct SourceConfig {
     pub mesh_config: Option<PathBuf>,
     pub proxy: ProxyIdentity,
     pub credentials: CredentialStore,
+    /// The proxy's mesh identity (`--identity-dir`), for the tunnel to/at egress gateways.
+    pub mesh: Option<Arc<MeshTls>>,
     /// How often the files are checked for changes.
     pub poll: Duration,
 }
@@ -132,7 +156,7 @@ pub fn load(cfg: &SourceConfig) -> Result<Runtime, Vec<String>> {
     if diags.has_errors() {
         return Err(diags.errors().map(|d| d.to_string()).collect());
     }
-    Runtime::new(snapshot, &cfg.credentials)
+    Runtime::new(snapshot, &cfg.credentials, cfg.mesh.as_deref())
 }
 
 /// A cheap fingerprint of the configuration files: their paths and contents.

@@ -78,7 +78,7 @@ pub async fn handle(
     });
     tracing::info!(
         target: "access",
-        "\"{method} {path} {version:?}\" {} {} {} \"{authority}\" \"{}\" {} {} {}ms {}",
+        "\"{method} {path} {version:?}\" {} {} {} \"{authority}\" \"{}\" {} {} {}ms {} peer={}",
         out.status,
         out.flags,
         out.details,
@@ -87,6 +87,7 @@ pub async fn handle(
         conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         start.elapsed().as_millis(),
         out.route,
+        conn.principal(),
     );
     Ok(resp)
 }
@@ -658,15 +659,29 @@ async fn forward(
     apply_headers(req.headers_mut(), &route.request_headers);
     apply_headers(req.headers_mut(), &dest.request_headers);
     let state = rt.clusters.get(&cluster.name);
-    if cluster.policy.tls.mode == egret_config::types::ClientTlsMode::IstioMutual {
-        let e = UpstreamError::NoMeshIdentity(cluster.name.clone());
-        let (r, o, _) = upstream_failed(e, out, authority);
-        return (r, o);
-    }
-    let tls = state.and_then(|s| s.tls.as_ref());
-    // SNI: the DestinationRule's `sni`, else the request's host (Istio auto-SNI).
+    // ISTIO_MUTUAL: the mesh tunnel to an egress gateway (`mesh.rs`): the request travels as
+    // one HTTP/2 request on the pooled mutual-TLS connection to the gateway endpoint.
+    let mesh = cluster.policy.tls.mode == egret_config::types::ClientTlsMode::IstioMutual;
+    let tls = if mesh {
+        match state.and_then(|s| s.mesh.as_ref()) {
+            Some(m) => Some(m),
+            None => {
+                let e = UpstreamError::NoMeshIdentity(cluster.name.clone());
+                let (r, o, _) = upstream_failed(e, out, authority);
+                return (r, o);
+            }
+        }
+    } else {
+        state.and_then(|s| s.tls.as_ref())
+    };
+    // SNI: the DestinationRule's `sni`, else the request's host (Istio auto-SNI); towards the
+    // gateway, the gateway's name (the tunnel routes by `:authority`, not by SNI).
     let (sni_host, _) = split_authority(&authority);
-    let sni = cluster.policy.tls.sni.clone().unwrap_or(sni_host);
+    let sni = match (&cluster.policy.tls.sni, mesh) {
+        (Some(s), _) => s.clone(),
+        (None, true) => cluster.host.clone(),
+        (None, false) => sni_host,
+    };
     let connect_timeout = cluster.policy.connection_pool.connect_timeout.to_std();
     // Connect failures are retried on another endpoint (Istio's default retry policy has
     // `connect-failure`); the request body has not been sent yet, so this is always safe.
@@ -678,7 +693,10 @@ async fn forward(
     // HTTP/2 upstream: the cluster says so (port protocol HTTP2/GRPC, h2UpgradePolicy), or
     // `useClientProtocol` and the client speaks HTTP/2.
     let downstream_h2 = req.version() == http::Version::HTTP_2;
-    if cluster.http2 || (cluster.policy.connection_pool.use_client_protocol && downstream_h2) {
+    if mesh
+        || cluster.http2
+        || (cluster.policy.connection_pool.use_client_protocol && downstream_h2)
+    {
         return forward_h2(
             proxy,
             conn,
@@ -686,6 +704,7 @@ async fn forward(
             route,
             dest,
             state,
+            tls,
             req,
             host,
             &sni,
@@ -790,6 +809,7 @@ async fn forward_h2(
     route: &HttpRoute,
     dest: &WeightedCluster,
     state: Option<&crate::config::ClusterRuntime>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     req: Request<Incoming>,
     host: &str,
     sni: &str,
@@ -797,7 +817,6 @@ async fn forward_h2(
     attempts: u32,
     mut out: Outcome,
 ) -> (Response<RespBody>, Outcome) {
-    let tls = state.and_then(|s| s.tls.as_ref());
     let mut last_err = None;
     let mut got = None;
     for _ in 0..attempts {

@@ -1,17 +1,20 @@
-//! egret-proxy: the data plane, one engine for the sidecar and (later) gateway roles.
+//! egret-proxy: the data plane, one engine for the sidecar and gateway roles.
 //!
 //! Reading order for a request: `sidecar` (listeners, drain) -> `proxy` (one connection:
-//! loop check, protocol, TLS/TCP chains, outbound policy, explicit proxy) -> `http` (one
-//! request: virtual host, first-match route, action) -> `upstream` (endpoint choice, DNS,
-//! connect, TLS origination, pool). `config` turns configuration files into the `Runtime` the
+//! loop check, protocol, TLS/TCP chains, outbound policy, explicit proxy) or `gateway` (a
+//! Gateway server port: the mesh tunnel, then servers by SNI) -> `http` (one request: virtual
+//! host, first-match route, action) -> `upstream` (endpoint choice, DNS, connect, TLS
+//! origination, pool, the sidecar's end of the mesh tunnel). `mesh` describes the tunnel. `config` turns configuration files into the `Runtime` the
 //! data plane reads through an `ArcSwap`; `admin` serves `/ready`, `/config_dump`, `/metrics`.
 
 pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod detect;
+pub mod gateway;
 pub mod http;
 pub mod io;
+pub mod mesh;
 pub mod metrics;
 pub mod proxy;
 pub mod sidecar;

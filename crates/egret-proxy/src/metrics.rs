@@ -11,7 +11,9 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     /// `routed`, `passthrough`, `blackhole`, `no_route`, `direct_response`, `redirect`,
-    /// `upstream_error`, `timeout`, `bad_request`, `loop`, `accept_error`.
+    /// `upstream_error`, `timeout`, `bad_request`, `loop`, `accept_error`; at a gateway also
+    /// `refused_not_mesh` (a client without the mesh tunnel) and `refused_mesh_tls` (a tunnel
+    /// handshake whose client certificate was rejected).
     pub outcome: &'static str,
     /// `http`, `tls` or `tcp`.
     pub protocol: &'static str,
@@ -82,6 +84,23 @@ impl Metrics {
         self.connections
             .get_or_create(&Outcome { outcome, protocol })
             .inc();
+    }
+
+    /// The count of HTTP requests with `outcome` (tests, admin views).
+    pub fn request_count(&self, outcome: &'static str) -> u64 {
+        self.requests
+            .get_or_create(&Outcome {
+                outcome,
+                protocol: "http",
+            })
+            .get()
+    }
+
+    /// The count of connections with `outcome` and `protocol`.
+    pub fn connection_count(&self, outcome: &'static str, protocol: &'static str) -> u64 {
+        self.connections
+            .get_or_create(&Outcome { outcome, protocol })
+            .get()
     }
 
     pub fn encode(&self) -> String {

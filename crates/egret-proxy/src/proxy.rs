@@ -57,6 +57,35 @@ pub struct ConnInfo {
     pub default_port: u16,
     /// The SNI of the TLS this gateway terminated: requests must name the same host (421).
     pub sni: Option<String>,
+    /// The caller's SPIFFE ID, when it came through the mesh tunnel (gateway role).
+    pub peer_identity: Option<Arc<str>>,
+    /// The destination named by the tunnel's `CONNECT` (gateway role): an inner TLS stream
+    /// must carry the same SNI.
+    pub tunnel_host: Option<String>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        orig_dst: Option<SocketAddr>,
+        mode: Mode,
+        default_port: u16,
+    ) -> ConnInfo {
+        ConnInfo {
+            peer,
+            orig_dst,
+            mode,
+            default_port,
+            sni: None,
+            peer_identity: None,
+            tunnel_host: None,
+        }
+    }
+
+    /// For logs: the caller's principal, or `-`.
+    pub fn principal(&self) -> &str {
+        self.peer_identity.as_deref().unwrap_or("-")
+    }
 }
 
 pub struct Proxy {
@@ -69,6 +98,11 @@ pub struct Proxy {
     pub detect_timeout: Duration,
     /// How long to wait for a complete TLS ClientHello.
     pub hello_timeout: Duration,
+    /// This proxy's mesh identity: the sidecar's side of the tunnel is in the cluster runtime;
+    /// a gateway accepts the tunnel with it.
+    pub mesh: Option<Arc<crate::mesh::MeshTls>>,
+    /// Gateway role: serve clients that do not come through the mesh tunnel (no identity).
+    pub allow_direct: bool,
 }
 
 impl Proxy {
@@ -80,6 +114,8 @@ impl Proxy {
             own_ports: Vec::new(),
             detect_timeout: Duration::from_millis(500),
             hello_timeout: Duration::from_secs(5),
+            mesh: None,
+            allow_direct: false,
         }
     }
 
@@ -112,13 +148,7 @@ impl Proxy {
             tracing::warn!(target: "policy", %peer, %orig_dst, "connection addressed to the proxy itself: closed");
             return;
         }
-        let conn = ConnInfo {
-            peer,
-            orig_dst: Some(orig_dst),
-            mode: Mode::Captured,
-            default_port: orig_dst.port(),
-            sni: None,
-        };
+        let conn = ConnInfo::new(peer, Some(orig_dst), Mode::Captured, orig_dst.port());
         self.serve_stream(stream, conn).await;
     }
 
@@ -190,7 +220,7 @@ impl Proxy {
         }
     }
 
-    async fn serve_http<S>(self: Arc<Self>, stream: S, prefix: Bytes, conn: ConnInfo)
+    pub(crate) async fn serve_http<S>(self: Arc<Self>, stream: S, prefix: Bytes, conn: ConnInfo)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -261,7 +291,7 @@ impl Proxy {
     /// Forward to the cluster a TLS/TCP chain routes to. TLS from the application is passed
     /// through untouched; a TCP cluster with a TLS DestinationRule gets TLS originated.
     #[allow(clippy::too_many_arguments)]
-    async fn forward_l4<S>(
+    pub(crate) async fn forward_l4<S>(
         self: Arc<Self>,
         rt: &Runtime,
         chain: &L4Chain,
@@ -315,15 +345,35 @@ impl Proxy {
         } else {
             None
         };
-        let up = match self
-            .upstreams
-            .connect(
-                picked.addr,
-                timeout,
-                originate.as_ref().map(|(c, s)| (*c, s.as_str())),
-            )
-            .await
-        {
+        let up = if cluster.policy.tls.mode == egret_config::types::ClientTlsMode::IstioMutual {
+            // The mesh tunnel: a CONNECT stream to the gateway carrying the application's
+            // bytes untouched; its authority is the SNI (TLS) or where the app connected.
+            let Some(mesh) = state.and_then(|s| s.mesh.as_ref()) else {
+                self.metrics.connection("upstream_error", protocol);
+                tracing::warn!(target: "upstream", "{}", crate::upstream::UpstreamError::NoMeshIdentity(cluster.name.clone()));
+                return;
+            };
+            let port = conn.orig_dst.map_or(cluster.port, |d| d.port());
+            let authority = match (&sni, conn.orig_dst) {
+                (Some(s), _) => format!("{s}:{port}"),
+                (None, Some(d)) => d.to_string(),
+                (None, None) => format!("{}:{port}", cluster.host),
+            };
+            let outer_sni = cluster.policy.tls.sni.as_deref().unwrap_or(&cluster.host);
+            self.upstreams
+                .tunnel(picked.addr, timeout, mesh, outer_sni, &authority)
+                .await
+                .map(|u| Box::new(TokioIo::new(u)) as Box<dyn crate::upstream::Stream>)
+        } else {
+            self.upstreams
+                .connect(
+                    picked.addr,
+                    timeout,
+                    originate.as_ref().map(|(c, s)| (*c, s.as_str())),
+                )
+                .await
+        };
+        let up = match up {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.connection("upstream_error", protocol);
@@ -335,135 +385,15 @@ impl Proxy {
         let (tx, rx) = relay(stream, prefix, up).await;
         tracing::info!(
             target: "access",
-            "\"- - -\" 0 - via_upstream \"{}\" {} {} {} {rx} {tx} {}ms {}",
+            "\"- - -\" 0 - via_upstream \"{}\" {} {} {} {rx} {tx} {}ms {} peer={}",
             picked.addr,
             cluster.name,
             conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             conn.peer,
             start.elapsed().as_millis(),
             sni.as_deref().unwrap_or("-"),
+            conn.principal(),
         );
-    }
-
-    /// A connection on a Gateway server port (`istio-egress-spec.md` §4). Plain HTTP servers
-    /// route by Host; TLS arrives with a ClientHello whose SNI picks the server: PASSTHROUGH
-    /// routes it by SNI without terminating, SIMPLE/MUTUAL terminate with the server's
-    /// certificate and then route HTTP (HTTPS servers) or TCP (TLS servers); TCP servers route by
-    /// the TCP routes. Nothing here ever connects to the address the client dialed.
-    pub async fn serve_gateway(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, port: u16) {
-        let rt = self.state.load_full();
-        let Some(listener) = rt.snapshot.listener(port) else {
-            self.metrics.connection("no_route", "tcp");
-            return;
-        };
-        let mut conn = ConnInfo {
-            peer,
-            orig_dst: None,
-            mode: Mode::Gateway,
-            default_port: port,
-            sni: None,
-        };
-        match listener.protocol {
-            ListenerProtocol::Http => return self.serve_http(stream, Bytes::new(), conn).await,
-            ListenerProtocol::Tcp => {
-                match listener.tcp_chain(None) {
-                    Some(chain) => {
-                        let chain = chain.clone();
-                        self.forward_l4(&rt, &chain, stream, Bytes::new(), conn, None, "tcp")
-                            .await
-                    }
-                    None => self.metrics.connection("no_route", "tcp"),
-                }
-                return;
-            }
-            ListenerProtocol::Tls | ListenerProtocol::Auto => {}
-        }
-        let mut stream = stream;
-        let (detected, prefix) = match detect::detect(&mut stream, self.hello_timeout).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.metrics.connection("bad_request", "tls");
-                tracing::warn!(target: "policy", %peer, port, "closing: {e}");
-                return;
-            }
-        };
-        let hello = match detected {
-            Detected::Tls(h) => h,
-            Detected::Http1 | Detected::Http2 if listener.protocol == ListenerProtocol::Auto => {
-                return self.serve_http(stream, prefix, conn).await;
-            }
-            _ => {
-                self.metrics.connection("bad_request", "tcp");
-                tracing::warn!(target: "policy", %peer, port, "expected TLS on a TLS gateway port: closed");
-                return;
-            }
-        };
-        let Some(sni) = hello.sni.clone() else {
-            // Egress hygiene: a gateway routes TLS by name; without SNI there is no name.
-            self.metrics.connection("bad_request", "tls");
-            tracing::warn!(target: "policy", %peer, port, "TLS without SNI refused");
-            return;
-        };
-        if sni.parse::<IpAddr>().is_ok() {
-            // Egress hygiene: an IP address is not a name the gateway can check or resolve.
-            self.metrics.connection("bad_request", "tls");
-            tracing::warn!(target: "policy", %peer, port, %sni, "IP literal as SNI refused");
-            return;
-        }
-        let Some((idx, server)) = pick_server(&listener.servers, &sni) else {
-            self.metrics.connection("no_route", "tls");
-            tracing::warn!(target: "policy", %peer, port, %sni, "no Gateway server for this SNI: closed");
-            return;
-        };
-        let mode = server
-            .tls
-            .as_ref()
-            .map(|t| t.mode)
-            .unwrap_or(egret_config::types::ServerTlsMode::Passthrough);
-        if mode == egret_config::types::ServerTlsMode::Passthrough {
-            match listener.tls_chain(Some(&sni), None) {
-                Some(chain) => {
-                    let chain = chain.clone();
-                    self.forward_l4(&rt, &chain, stream, prefix, conn, Some(sni), "tls")
-                        .await
-                }
-                None => {
-                    self.metrics.connection("no_route", "tls");
-                    tracing::warn!(target: "policy", %peer, port, %sni, "no TLS route for this SNI: closed");
-                }
-            }
-            return;
-        }
-        let Some(config) = rt.servers.get(&(port, idx)).cloned() else {
-            // ISTIO_MUTUAL needs the mesh identity, which this gateway does not have yet.
-            self.metrics.connection("bad_request", "tls");
-            tracing::warn!(target: "policy", %peer, port, %sni, ?mode, "server TLS mode not available on this gateway: closed");
-            return;
-        };
-        let tls = match tokio_rustls::TlsAcceptor::from(config)
-            .accept(PrefixedIo::new(prefix, stream))
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                self.metrics.connection("bad_request", "tls");
-                tracing::warn!(target: "policy", %peer, port, %sni, "TLS handshake failed: {e}");
-                return;
-            }
-        };
-        conn.sni = Some(sni.clone());
-        if server.protocol == "TLS" {
-            match listener.tcp_chain(None) {
-                Some(chain) => {
-                    let chain = chain.clone();
-                    self.forward_l4(&rt, &chain, tls, Bytes::new(), conn, Some(sni), "tcp")
-                        .await
-                }
-                None => self.metrics.connection("no_route", "tcp"),
-            }
-        } else {
-            self.serve_http(tls, Bytes::new(), conn).await
-        }
     }
 
     /// Explicit proxy connection: absolute-form HTTP requests and `CONNECT host:port`.
@@ -511,13 +441,7 @@ impl Proxy {
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => {
-                        let conn = ConnInfo {
-                            peer,
-                            orig_dst: Some(dst),
-                            mode: Mode::Captured,
-                            default_port: port,
-                            sni: None,
-                        };
+                        let conn = ConnInfo::new(peer, Some(dst), Mode::Captured, port);
                         me.serve_stream(TokioIo::new(upgraded), conn).await;
                     }
                     Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
@@ -530,13 +454,7 @@ impl Proxy {
                 "explicit proxy requests need an absolute URI (http://host/path)\n",
             );
         }
-        let conn = Arc::new(ConnInfo {
-            peer,
-            orig_dst: None,
-            mode: Mode::Explicit,
-            default_port: 80,
-            sni: None,
-        });
+        let conn = Arc::new(ConnInfo::new(peer, None, Mode::Explicit, 80));
         match h::handle(self, conn, req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -544,33 +462,9 @@ impl Proxy {
     }
 }
 
-/// The Gateway server for an SNI: an exact host first, then the longest wildcard, then `*`
-/// (Envoy's filter-chain match on `server_names` = the server hosts).
-fn pick_server<'a>(
-    servers: &'a [egret_model::snapshot::GatewayServer],
-    sni: &str,
-) -> Option<(usize, &'a egret_model::snapshot::GatewayServer)> {
-    let mut best: Option<(usize, usize, &egret_model::snapshot::GatewayServer)> = None;
-    for (i, s) in servers.iter().enumerate() {
-        for h in &s.hosts {
-            let rank = if h.host == sni {
-                usize::MAX
-            } else if egret_model::host::matches(&h.host, sni) {
-                h.host.len()
-            } else {
-                continue;
-            };
-            if best.is_none_or(|(_, r, _)| rank > r) {
-                best = Some((i, rank, s));
-            }
-        }
-    }
-    best.map(|(i, _, s)| (i, s))
-}
-
 /// Write what was peeked, then copy both ways until either side closes. Returns bytes
 /// (to upstream, from upstream).
-async fn relay<S, U>(mut down: S, prefix: Bytes, mut up: U) -> (u64, u64)
+pub(crate) async fn relay<S, U>(mut down: S, prefix: Bytes, mut up: U) -> (u64, u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

@@ -39,6 +39,8 @@ pub struct GatewayListen {
     /// Ranges that resolved names may not point into (the mesh's own networks), besides
     /// loopback and link-local which are always refused.
     pub forbidden: Vec<ipnet::IpNet>,
+    /// Serve clients that do not come through the mesh tunnel (they have no identity).
+    pub allow_direct: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +199,9 @@ pub async fn start(
     let state = Arc::new(ArcSwap::from_pointee(first));
     let mut proxy = Proxy::new(state.clone(), metrics.clone());
     proxy.detect_timeout = opts.detect_timeout;
+    proxy.mesh = opts.source.mesh.clone();
     if let Some(g) = &opts.gateway {
+        proxy.allow_direct = g.allow_direct;
         let mut up = crate::upstream::Upstreams::new();
         up.gateway = true;
         up.forbidden = g.forbidden.clone();
@@ -297,6 +301,8 @@ pub async fn start(
         source,
     })?;
     let source = opts.source.clone();
+    let mesh = opts.source.mesh.clone();
+    let identity_poll = opts.source.poll;
     let mut stop = shutdown.subscribe();
     std::thread::Builder::new()
         .name("egret-control".into())
@@ -313,7 +319,14 @@ pub async fn start(
                     tracing::error!("cannot serve the admin endpoint");
                     return;
                 };
+                let identity = async {
+                    match mesh {
+                        Some(m) => m.store().clone().watch(identity_poll).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
+                    _ = identity => {}
                     _ = admin.serve(admin_l) => {}
                     _ = config::watch(source, state, metrics, baseline) => {}
                     _ = stop.changed() => {}

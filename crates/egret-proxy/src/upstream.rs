@@ -401,6 +401,40 @@ impl Upstreams {
         Ok(sender)
     }
 
+    /// A stream through the mesh tunnel: an HTTP/2 `CONNECT authority` on the pooled mutual
+    /// TLS connection to the gateway endpoint `addr` (see [`crate::mesh`]). The gateway
+    /// answers 200 once it has accepted the stream for routing; anything else is a refusal.
+    pub async fn tunnel(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        mesh: &Arc<ClientConfig>,
+        sni: &str,
+        authority: &str,
+    ) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
+        let mut sender = self.http2(addr, timeout, Some((mesh, sni))).await?;
+        let fail = |reason: String| UpstreamError::Handshake { addr, reason };
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority)
+            .version(http::Version::HTTP_2)
+            .body(ReqBody::default())
+            .map_err(|e| fail(format!("CONNECT {authority}: {e}")))?;
+        let resp = tokio::time::timeout(timeout, sender.send_request(req))
+            .await
+            .map_err(|_| fail(format!("CONNECT {authority}: no answer within {timeout:?}")))?
+            .map_err(|e| fail(format!("CONNECT {authority}: {e}")))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(fail(format!(
+                "gateway refused CONNECT {authority}: {}",
+                resp.status()
+            )));
+        }
+        hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| fail(format!("CONNECT {authority}: {e}")))
+    }
+
     fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
@@ -554,6 +588,7 @@ spec:
     fn state(active: [usize; 2]) -> ClusterRuntime {
         ClusterRuntime {
             tls: None,
+            mesh: None,
             next: std::sync::atomic::AtomicUsize::new(0),
             next_ip: std::sync::atomic::AtomicUsize::new(0),
             active: active

@@ -32,6 +32,10 @@ pub struct SidecarArgs {
     /// Where `credentialName` credentials are read: DIR/<name>/{tls.crt,tls.key,ca.crt}.
     #[arg(long)]
     credentials_dir: Option<PathBuf>,
+    /// The mesh identity: `cert-chain.pem`, `key.pem`, `root-cert.pem` (from `egret ca issue`),
+    /// watched and reloaded on change. Needed for the mutual-TLS tunnel to egress gateways.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
     /// Port for captured (iptables-redirected) traffic; 0 disables capture.
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
@@ -81,6 +85,14 @@ pub struct GatewayArgs {
     /// Where `credentialName` credentials are read: DIR/<name>/{tls.crt,tls.key,ca.crt}.
     #[arg(long)]
     credentials_dir: Option<PathBuf>,
+    /// The mesh identity: `cert-chain.pem`, `key.pem`, `root-cert.pem` (from `egret ca issue`),
+    /// watched and reloaded on change. Needed for the mutual-TLS tunnel to egress gateways.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// Also serve clients that do not come through the mesh tunnel. They have no mesh
+    /// identity: their traffic cannot be attributed to a workload. Off by default.
+    #[arg(long)]
+    allow_direct: bool,
     /// Address the server ports listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: std::net::IpAddr,
@@ -142,10 +154,21 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.identity_dir.is_none() && !a.allow_direct {
+        eprintln!(
+            "egret: a gateway needs --identity-dir (the mesh tunnel from sidecars) or --allow-direct (clients without a mesh identity)"
+        );
+        return ExitCode::from(2);
+    }
+    let mesh = match load_identity(a.identity_dir.as_deref(), &a.namespace, &a.service_account) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let opts = SidecarOptions {
         source: SourceConfig {
             paths: a.config,
             mesh_config: a.mesh_config,
+            mesh,
             proxy: ProxyIdentity {
                 role: Role::Gateway,
                 namespace: a.namespace,
@@ -166,6 +189,7 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
             bind: a.bind,
             map,
             forbidden,
+            allow_direct: a.allow_direct,
         }),
     };
     serve(opts, set_level, "egret gateway ready")
@@ -248,10 +272,15 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         eprintln!("egret: --config PATH is required");
         return ExitCode::from(2);
     }
+    let mesh = match load_identity(a.identity_dir.as_deref(), &a.namespace, &a.service_account) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let opts = SidecarOptions {
         source: SourceConfig {
             paths: a.config,
             mesh_config: a.mesh_config,
+            mesh,
             proxy: ProxyIdentity {
                 role: Role::Sidecar,
                 namespace: a.namespace,
@@ -271,6 +300,36 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         gateway: None,
     };
     serve(opts, set_level, "egret sidecar ready")
+}
+
+/// Load `--identity-dir`. A proxy whose certificate names another workload than
+/// `--namespace`/`--service-account` still starts (the certificate is what peers see), with a
+/// warning.
+fn load_identity(
+    dir: Option<&std::path::Path>,
+    namespace: &str,
+    service_account: &str,
+) -> Result<Option<Arc<egret_proxy::mesh::MeshTls>>, ExitCode> {
+    let Some(dir) = dir else { return Ok(None) };
+    let store = egret_identity::IdentityStore::load(dir).map_err(|e| {
+        eprintln!("egret: --identity-dir {}: {e}", dir.display());
+        ExitCode::from(1)
+    })?;
+    let id = store.spiffe_id();
+    if id.namespace() != Some(namespace) || id.service_account() != Some(service_account) {
+        tracing::warn!(
+            identity = %id,
+            namespace,
+            service_account,
+            "the identity certificate names another workload than --namespace/--service-account"
+        );
+    }
+    tracing::info!(identity = %id, "mesh identity loaded");
+    let mesh = egret_proxy::mesh::MeshTls::new(store).map_err(|e| {
+        eprintln!("egret: --identity-dir {}: {e}", dir.display());
+        ExitCode::from(1)
+    })?;
+    Ok(Some(Arc::new(mesh)))
 }
 
 async fn wait_for_signal() {

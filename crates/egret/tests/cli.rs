@@ -356,3 +356,37 @@ spec:
         "{err}"
     );
 }
+
+#[test]
+fn gateway_needs_an_identity_or_allow_direct() {
+    let f = samples_dir().join("05-egress-gateway-http.yaml");
+    let o = egret(&[
+        "gateway",
+        "--config",
+        f.to_str().unwrap(),
+        "--namespace",
+        "istio-system",
+        "--labels",
+        "istio=egressgateway",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--identity-dir"), "{}", stderr(&o));
+    // A missing identity directory is a clear error too, not a panic.
+    let o = egret(&[
+        "gateway",
+        "--config",
+        f.to_str().unwrap(),
+        "--namespace",
+        "istio-system",
+        "--labels",
+        "istio=egressgateway",
+        "--identity-dir",
+        "/nonexistent/egret-identity",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/egret-identity"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -49,6 +49,15 @@ impl Sidecar {
     }
 
     pub async fn start_with(yaml: &str, labels: &[(&str, &str)]) -> Sidecar {
+        Self::start_mesh(yaml, labels, None).await
+    }
+
+    /// A sidecar with a mesh identity (`--identity-dir`).
+    pub async fn start_mesh(
+        yaml: &str,
+        labels: &[(&str, &str)],
+        identity: Option<&std::path::Path>,
+    ) -> Sidecar {
         let dir = temp_dir("sidecar");
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -56,6 +65,7 @@ impl Sidecar {
             source: SourceConfig {
                 paths: vec![config.clone()],
                 mesh_config: None,
+                mesh: identity.map(mesh_tls),
                 proxy: ProxyIdentity {
                     role: Role::Sidecar,
                     namespace: "default".into(),
@@ -88,6 +98,18 @@ impl Sidecar {
     /// An egress gateway (same engine, gateway role) whose server ports `ports` listen on
     /// ephemeral loopback ports; `addr(port)` says where.
     pub async fn gateway(yaml: &str, labels: &[(&str, &str)], ports: &[u16]) -> Sidecar {
+        Self::gateway_mesh(yaml, labels, ports, None, true).await
+    }
+
+    /// A gateway with a mesh identity (the tunnel from sidecars); `allow_direct` also admits
+    /// clients without one.
+    pub async fn gateway_mesh(
+        yaml: &str,
+        labels: &[(&str, &str)],
+        ports: &[u16],
+        identity: Option<&std::path::Path>,
+        allow_direct: bool,
+    ) -> Sidecar {
         let dir = temp_dir("gateway");
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -95,6 +117,7 @@ impl Sidecar {
             source: SourceConfig {
                 paths: vec![config.clone()],
                 mesh_config: None,
+                mesh: identity.map(mesh_tls),
                 proxy: ProxyIdentity {
                     role: Role::Gateway,
                     namespace: "istio-system".into(),
@@ -121,6 +144,7 @@ impl Sidecar {
                     .map(|p| (*p, "127.0.0.1:0".parse().unwrap()))
                     .collect(),
                 forbidden: Vec::new(),
+                allow_direct,
             }),
         };
         let running = sidecar::start(opts, None).await.expect("gateway starts");
@@ -182,6 +206,12 @@ impl Sidecar {
     pub fn explicit(&self) -> SocketAddr {
         self.running.explicit.unwrap()
     }
+}
+
+/// The mesh TLS of an identity directory written by `egret_identity::Ca`.
+pub fn mesh_tls(dir: &std::path::Path) -> Arc<egret_proxy::mesh::MeshTls> {
+    let store = egret_identity::IdentityStore::load(dir).expect("identity loads");
+    Arc::new(egret_proxy::mesh::MeshTls::new(store).expect("mesh TLS"))
 }
 
 /// A response as the client saw it.
