@@ -62,8 +62,9 @@ pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub explicit: Option<SocketAddr>,
     pub admin: SocketAddr,
-    /// Gateway role: (server port, bound address).
+    /// Gateway role: (server port, bound address) at start; see [`Running::gateway_ports`].
     pub gateway: Vec<(u16, SocketAddr)>,
+    gateway_bound: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, SocketAddr>>>,
     shutdown: watch::Sender<bool>,
     active: Arc<Active>,
     drain: Duration,
@@ -269,15 +270,23 @@ pub async fn start(
     let active = Arc::new(Active::default());
     let mut tasks = Vec::new();
 
-    let accept = |l: TcpListener, kind: Accepted| {
-        accept_loop(
-            l,
-            kind,
+    let accept = {
+        let (proxy, active, metrics, shutdown) = (
             proxy.clone(),
             active.clone(),
             metrics.clone(),
-            shutdown.subscribe(),
-        )
+            shutdown.clone(),
+        );
+        move |l: TcpListener, kind: Accepted| {
+            accept_loop(
+                l,
+                kind,
+                proxy.clone(),
+                active.clone(),
+                metrics.clone(),
+                shutdown.subscribe(),
+            )
+        }
     };
     for l in outbound.into_iter().chain(outbound_v6) {
         tasks.push(tokio::spawn(accept(l, Accepted::Captured)));
@@ -285,8 +294,67 @@ pub async fn start(
     if let Some(l) = explicit {
         tasks.push(tokio::spawn(accept(l, Accepted::Explicit)));
     }
-    for (port, l) in gateway_ls {
-        tasks.push(tokio::spawn(accept(l, Accepted::Gateway(port))));
+    let gateway_bound = Arc::new(std::sync::Mutex::new(
+        gateway_addrs
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    ));
+    if let Some(g) = opts.gateway.clone() {
+        let mut handles = std::collections::BTreeMap::new();
+        for ((port, l), (_, addr)) in gateway_ls.into_iter().zip(&gateway_addrs) {
+            handles.insert(
+                port,
+                (*addr, tokio::spawn(accept(l, Accepted::Gateway(port)))),
+            );
+        }
+        // Hot reload of Gateway servers: a snapshot that adds a server port gets a listener,
+        // one that removes a port stops accepting there (its open connections finish).
+        let mut stop = shutdown.subscribe();
+        let state = state.clone();
+        let poll = opts.source.poll;
+        let bound = gateway_bound.clone();
+        let accept = accept.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Ok(mut b) = bound.lock() {
+                    *b = handles.iter().map(|(p, (a, _))| (*p, *a)).collect();
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                let want: std::collections::BTreeSet<u16> =
+                    state.load().snapshot.listeners.iter().map(|l| l.port).collect();
+                handles.retain(|port, (addr, h)| {
+                    let keep = want.contains(port);
+                    if !keep {
+                        h.abort();
+                        tracing::info!(target: "config", port, %addr, "Gateway server port removed: listener closed");
+                    }
+                    keep
+                });
+                for port in want {
+                    if handles.contains_key(&port) {
+                        continue;
+                    }
+                    let addr = g
+                        .map
+                        .get(&port)
+                        .copied()
+                        .unwrap_or(SocketAddr::new(g.bind, port));
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => {
+                            let local = l.local_addr().unwrap_or(addr);
+                            tracing::info!(target: "config", port, addr = %local, "Gateway server port added: listening");
+                            handles.insert(port, (local, tokio::spawn(accept(l, Accepted::Gateway(port)))));
+                        }
+                        // Retried on the next poll; the rest of the snapshot is served.
+                        Err(e) => tracing::warn!(target: "config", port, %addr, "cannot listen for the Gateway server port: {e}"),
+                    }
+                }
+            }
+        }));
     }
     let admin = Arc::new(Admin {
         proxy: proxy.clone(),
@@ -346,6 +414,7 @@ pub async fn start(
         explicit: explicit_addr,
         admin: admin_addr,
         gateway: gateway_addrs,
+        gateway_bound,
         shutdown,
         active,
         drain: opts.drain,
@@ -354,6 +423,14 @@ pub async fn start(
 }
 
 impl Running {
+    /// Gateway role: the server ports listened on now (reloads add and remove them).
+    pub fn gateway_ports(&self) -> Vec<(u16, SocketAddr)> {
+        self.gateway_bound
+            .lock()
+            .map(|b| b.iter().map(|(p, a)| (*p, *a)).collect())
+            .unwrap_or_default()
+    }
+
     /// Stop accepting, fail readiness, let in-flight connections finish within the drain
     /// deadline. Returns how many were still open at the deadline.
     pub async fn drain(self) -> usize {

@@ -423,3 +423,49 @@ spec:
     assert!(r.body.contains("forbidden ranges"), "{}", r.body);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn reload_adds_and_removes_server_ports() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-reload", &ca, &["cnn.test"]);
+    let yaml = |port: u16| {
+        format!(
+            "{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [cnn.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test]
+  gateways: [istio-system/istio-egressgateway]
+  http:
+  - route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
+",
+            external_se("cnn.test", &cnn)
+        )
+    };
+    let gw = Sidecar::gateway(&yaml(80), LABELS, &[80, 8080]).await;
+    let old = gw.addr(80);
+    assert_eq!(get(old, "cnn.test", "/", &[]).await.status, 200);
+    // The server moves to 8080: a listener appears there, the one for 80 closes.
+    gw.reconfigure(&yaml(8080)).await;
+    let mut ports = Vec::new();
+    for _ in 0..100 {
+        ports = gw.running.gateway_ports();
+        if ports.iter().map(|(p, _)| *p).collect::<Vec<_>>() == [8080] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ports.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [8080]);
+    assert_eq!(get(gw.addr(8080), "cnn.test", "/", &[]).await.status, 200);
+    assert!(tokio::net::TcpStream::connect(old).await.is_err());
+}

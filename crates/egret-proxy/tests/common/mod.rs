@@ -158,10 +158,10 @@ impl Sidecar {
     /// Where the gateway serves server port `port`.
     pub fn addr(&self, port: u16) -> SocketAddr {
         self.running
-            .gateway
-            .iter()
+            .gateway_ports()
+            .into_iter()
             .find(|(p, _)| *p == port)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
             .unwrap_or_else(|| panic!("no gateway listener for port {port}"))
     }
 
