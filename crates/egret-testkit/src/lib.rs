@@ -21,7 +21,7 @@ pub mod server;
 
 pub use ca::{CertPair, TestCa};
 pub use dns::{Dns, DnsRecord};
-pub use netns::{Mode, Netns, Topology, addrs};
+pub use netns::{Mode, Netns, SecondGateway, Topology, addrs};
 pub use nginx::{Nginx, NginxConfig};
 pub use process::{CmdOutput, Process, TempDir, preflight};
 pub use server::{InProcessServer, TestServer, TestServerConfig};

@@ -22,6 +22,9 @@
 //! external lo: 203.0.113.10, .11, .12 /32  (the external services; add more at will)
 //! ```
 //!
+//! Optional extras: a second workload namespace ([`Topology::add_workload`]) and a second
+//! gateway with its own external namespace on 192.0.2.0/24 ([`Topology::add_gateway`]).
+//!
 //! Routes:
 //! - app: `198.51.100.53/32 via 198.51.100.10` (DNS) and a default route — via the gateway
 //!   (198.51.100.2) in [`Topology::new`], via external (203.0.113.6) in [`Topology::direct`].
@@ -89,6 +92,34 @@ pub mod addrs {
     pub const EXTERNAL_3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 12);
     /// The "internet" range routed to the external namespace.
     pub const INTERNET_CIDR: &str = "203.0.113.0/24";
+
+    // A second workload namespace ([`super::Topology::add_workload`]).
+    /// The second workload's side of its link to the gateway.
+    pub const WORKLOAD_2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
+    /// The gateway's side of the second workload's link.
+    pub const GATEWAY_WORKLOAD_2_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 26);
+    /// The second workload's side of its link to dns.
+    pub const WORKLOAD_2_DNS_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 29);
+    /// dns's side of the second workload's link.
+    pub const DNS_WORKLOAD_2_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 30);
+
+    // A second egress gateway with its own "internet" ([`super::Topology::add_gateway`]).
+    /// app's side of the app↔second-gateway link.
+    pub const APP_SECOND_GATEWAY_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 17);
+    /// The second gateway's address as seen from app.
+    pub const SECOND_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 18);
+    /// The second gateway's side of its link to dns.
+    pub const SECOND_GATEWAY_DNS_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 21);
+    /// dns's side of the second gateway's link.
+    pub const DNS_SECOND_GATEWAY_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 22);
+    /// The second gateway's egress address (its side of the link to the second external).
+    pub const SECOND_GATEWAY_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    /// The second external namespace's side of that link.
+    pub const SECOND_EXTERNAL_GATEWAY_LINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    /// The service address of the second external namespace (/32 on its loopback).
+    pub const SECOND_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+    /// The range only the second gateway reaches.
+    pub const SECOND_INTERNET_CIDR: &str = "192.0.2.0/24";
 }
 
 static NETNS_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -527,6 +558,132 @@ impl Topology {
             .collect();
         self.start_dns(&borrowed)
     }
+
+    /// A second workload namespace, wired like `app` in [`Topology::new`]: a link to the
+    /// gateway (`gw0` [`addrs::WORKLOAD_2`] ↔ `app2@gateway` [`addrs::GATEWAY_WORKLOAD_2_LINK`]),
+    /// a link to dns, the default route via the gateway (which does not forward its packets
+    /// either) and its resolver pointed at [`addrs::DNS`]. The gateway's own addresses,
+    /// [`addrs::GATEWAY`] included, are reachable from it. At most one per topology.
+    pub fn add_workload(&self, tag: &str) -> Result<Netns> {
+        use addrs::*;
+        let ns = Netns::new(&format!("{}-app2", sanitize(tag, 18)))?;
+        let (gw, dns) = (&self.gateway, &self.dns);
+        let links = [
+            (&ns, "gw0", WORKLOAD_2, gw, "app2", GATEWAY_WORKLOAD_2_LINK),
+            (
+                &ns,
+                "dns0",
+                WORKLOAD_2_DNS_LINK,
+                dns,
+                "app2",
+                DNS_WORKLOAD_2_LINK,
+            ),
+        ];
+        for (a, a_if, a_ip, b, b_if, b_ip) in &links {
+            veth(a, a_if, *a_ip, b, b_if, *b_ip)?;
+        }
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("{DNS}/32"),
+            "via",
+            &DNS_WORKLOAD_2_LINK.to_string(),
+        ])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_WORKLOAD_2_LINK.to_string(),
+        ])?;
+        // Like app: whatever the gateway namespace would forward is answered unreachable.
+        gw.ip(&["rule", "add", "iif", "app2", "pref", "101", "table", "100"])?;
+        ns.set_resolver(IpAddr::V4(DNS))?;
+        for (a, a_if, _, b, b_if, _) in &links {
+            wait_link_up(a, a_if)?;
+            wait_link_up(b, b_if)?;
+        }
+        Ok(ns)
+    }
+
+    /// A second egress path: a gateway namespace reachable from app
+    /// (`gw2@app` [`addrs::APP_SECOND_GATEWAY_LINK`] ↔ `app0` [`addrs::SECOND_GATEWAY`]) with
+    /// its own link to dns and to its own external namespace, which holds
+    /// [`addrs::SECOND_EXTERNAL`] in [`addrs::SECOND_INTERNET_CIDR`] (192.0.2.0/24). Only a
+    /// process in the second gateway reaches that range; the first gateway does not, and the
+    /// second gateway does not reach 203.0.113.0/24. Its resolver points at [`addrs::DNS`]. At
+    /// most one per topology.
+    pub fn add_gateway(&self, tag: &str) -> Result<SecondGateway> {
+        use addrs::*;
+        let tag = sanitize(tag, 18);
+        let second = SecondGateway {
+            gateway: Netns::new(&format!("{tag}-gw2"))?,
+            external: Netns::new(&format!("{tag}-ext2"))?,
+        };
+        let (app, dns, gw2, ext2) = (&self.app, &self.dns, &second.gateway, &second.external);
+        let links = [
+            (
+                app,
+                "gw2",
+                APP_SECOND_GATEWAY_LINK,
+                gw2,
+                "app0",
+                SECOND_GATEWAY,
+            ),
+            (
+                gw2,
+                "dns0",
+                SECOND_GATEWAY_DNS_LINK,
+                dns,
+                "gw2",
+                DNS_SECOND_GATEWAY_LINK,
+            ),
+            (
+                gw2,
+                "ext0",
+                SECOND_GATEWAY_EXTERNAL,
+                ext2,
+                "gw0",
+                SECOND_EXTERNAL_GATEWAY_LINK,
+            ),
+        ];
+        for (a, a_if, a_ip, b, b_if, b_ip) in &links {
+            veth(a, a_if, *a_ip, b, b_if, *b_ip)?;
+        }
+        ext2.ip(&["addr", "add", &format!("{SECOND_EXTERNAL}/32"), "dev", "lo"])?;
+        gw2.ip(&[
+            "route",
+            "add",
+            &format!("{DNS}/32"),
+            "via",
+            &DNS_SECOND_GATEWAY_LINK.to_string(),
+        ])?;
+        gw2.ip(&[
+            "route",
+            "add",
+            SECOND_INTERNET_CIDR,
+            "via",
+            &SECOND_EXTERNAL_GATEWAY_LINK.to_string(),
+        ])?;
+        gw2.ip(&["rule", "add", "iif", "app0", "pref", "100", "table", "100"])?;
+        gw2.ip(&["route", "add", "unreachable", "default", "table", "100"])?;
+        gw2.sysctl("net.ipv4.ip_forward", "1")?;
+        gw2.set_resolver(IpAddr::V4(DNS))?;
+        for (a, a_if, _, b, b_if, _) in &links {
+            wait_link_up(a, a_if)?;
+            wait_link_up(b, b_if)?;
+        }
+        Ok(second)
+    }
+}
+
+/// The namespaces of [`Topology::add_gateway`]; deleted on drop.
+#[derive(Debug)]
+pub struct SecondGateway {
+    /// Where the second egress gateway runs.
+    pub gateway: Netns,
+    /// Its "internet": [`addrs::SECOND_EXTERNAL`] on the loopback.
+    pub external: Netns,
 }
 
 fn veth(

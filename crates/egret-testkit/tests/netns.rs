@@ -476,3 +476,87 @@ fn panicking_test_cleans_up() -> Result<()> {
     }
     Ok(())
 }
+
+/// The optional extras: a second workload that reaches the gateway (also at [`addrs::GATEWAY`])
+/// and DNS but not the internet, and a second gateway whose own "internet" (192.0.2.0/24) only
+/// it reaches, while it cannot reach the first one's (and the first gateway cannot reach its).
+#[test]
+fn second_workload_and_second_gateway_are_wired_and_isolated() -> Result<()> {
+    let ca = TestCa::new("extras CA")?;
+    let topo = Topology::new("extras")?;
+    let mut names = topo.names();
+    {
+        let app2 = topo.add_workload("extras")?;
+        let second = topo.add_gateway("extras")?;
+        names
+            .extend([app2.name(), second.gateway.name(), second.external.name()].map(String::from));
+        let _dns = topo.start_dns(&[(API, &[ext()])])?;
+        let _nginx = nginx_api(&topo, &ca)?;
+        let private = SocketAddr::new(IpAddr::V4(addrs::SECOND_EXTERNAL), 80);
+        let _private = InProcessServer::start(
+            Some(&second.external),
+            TestServerConfig::new("private").plain(private),
+        )?;
+        let on_gateway = SocketAddr::new(IpAddr::V4(addrs::GATEWAY), 8080);
+        let _gw_server = InProcessServer::start(
+            Some(&topo.gateway),
+            TestServerConfig::new("gw").plain(on_gateway),
+        )?;
+        let on_second = SocketAddr::new(IpAddr::V4(addrs::SECOND_GATEWAY), 8080);
+        let _gw2_server = InProcessServer::start(
+            Some(&second.gateway),
+            TestServerConfig::new("gw2").plain(on_second),
+        )?;
+        let code = |ns: &egret_testkit::Netns, url: &str| -> Result<egret_testkit::CmdOutput> {
+            ns.curl(&[
+                "--connect-timeout",
+                "2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                url,
+            ])
+        };
+
+        // The second workload: the gateway (its address on the app link too) and DNS, no
+        // internet.
+        let out = code(&app2, "http://198.51.100.2:8080/")?;
+        ensure!(status(&out) == "200", "app2 -> gateway: {out:?}");
+        let out = code(&app2, "http://203.0.113.10/")?;
+        ensure!(out.code == Some(7), "app2 reached external: {out:?}");
+        let resolved = |ns: &egret_testkit::Netns| -> Result<bool> {
+            let out = ns.exec_ok("getent", &["ahostsv4", API])?;
+            Ok(out.stdout.contains("203.0.113.10"))
+        };
+        ensure!(resolved(&app2)?, "app2 does not resolve {API}");
+        let out = code(&app2, &format!("http://{API}/"))?;
+        ensure!(out.code == Some(7), "app2 reached {API}: {out:?}");
+
+        // app reaches the second gateway; the second gateway reaches only its own external.
+        let out = code(&topo.app, "http://198.51.100.18:8080/")?;
+        ensure!(status(&out) == "200", "app -> second gateway: {out:?}");
+        let out = code(&second.gateway, "http://192.0.2.10/")?;
+        ensure!(
+            status(&out) == "200",
+            "second gateway -> 192.0.2.10: {out:?}"
+        );
+        ensure!(
+            resolved(&second.gateway)?,
+            "the second gateway does not resolve {API}"
+        );
+        let out = code(&second.gateway, &format!("http://{API}/"))?;
+        ensure!(out.code == Some(7), "second gateway reached {API}: {out:?}");
+        let out = code(&topo.gateway, "http://192.0.2.10/")?;
+        ensure!(
+            out.code == Some(7),
+            "first gateway reached 192.0.2.10: {out:?}"
+        );
+        let out = code(&topo.app, "http://192.0.2.10/")?;
+        ensure!(out.code == Some(7), "app reached 192.0.2.10: {out:?}");
+        let out = code(&topo.gateway, &format!("http://{API}/"))?;
+        ensure!(status(&out) == "200", "first gateway -> {API}: {out:?}");
+    }
+    drop(topo);
+    assert_gone(&names)
+}
