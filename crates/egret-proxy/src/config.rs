@@ -30,6 +30,8 @@ pub struct Runtime {
     pub clusters: HashMap<String, ClusterRuntime>,
     /// Gateway servers' TLS termination, by (listener port, server index).
     pub servers: HashMap<(u16, usize), Arc<rustls::ServerConfig>>,
+    /// `uriRegexRewrite` patterns, compiled once per snapshot.
+    pub regexes: HashMap<String, regex::Regex>,
 }
 
 #[derive(Default)]
@@ -112,6 +114,24 @@ impl Runtime {
                 }
             }
         }
+        let mut regexes = HashMap::new();
+        let rewrites = snapshot
+            .listeners
+            .iter()
+            .flat_map(|l| &l.virtual_hosts)
+            .flat_map(|v| &v.routes)
+            .filter_map(|r| r.rewrite.as_ref()?.uri_regex.as_ref());
+        for (pattern, _) in rewrites {
+            if regexes.contains_key(pattern) {
+                continue;
+            }
+            match regex::Regex::new(pattern) {
+                Ok(re) => {
+                    regexes.insert(pattern.clone(), re);
+                }
+                Err(e) => errors.push(format!("uriRegexRewrite.match {pattern:?}: {e}")),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -119,6 +139,7 @@ impl Runtime {
             snapshot: Arc::new(snapshot),
             clusters,
             servers,
+            regexes,
         })
     }
 }

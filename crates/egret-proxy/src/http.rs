@@ -248,7 +248,7 @@ async fn route_and_forward(
                 );
             };
             out.cluster = cluster.name.clone();
-            let req = rewrite(req, route, matched, &host, &authority);
+            let req = rewrite(req, route, matched, &rt.regexes);
             let (resp, o) = forward(proxy, conn, &rt, cluster, route, dest, req, &host, out).await;
             (resp, o, authority)
         }
@@ -470,8 +470,7 @@ fn rewrite(
     mut req: Request<Incoming>,
     route: &HttpRoute,
     matched: usize,
-    _host: &str,
-    _authority: &str,
+    regexes: &std::collections::HashMap<String, regex::Regex>,
 ) -> Request<Incoming> {
     let Some(rw) = &route.rewrite else { return req };
     let path = req.uri().path().to_string();
@@ -487,7 +486,7 @@ fn rewrite(
             _ => u.clone(),
         };
     } else if let Some((pat, rep)) = &rw.uri_regex
-        && let Ok(re) = regex_lite(pat)
+        && let Some(re) = regexes.get(pat)
     {
         new_path = re.replace_all(&path, rep.as_str()).into_owned();
     }
@@ -513,10 +512,6 @@ fn rewrite(
         *req.uri_mut() = uri;
     }
     req
-}
-
-fn regex_lite(p: &str) -> Result<regex::Regex, regex::Error> {
-    regex::Regex::new(p)
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -714,42 +709,19 @@ async fn forward(
         )
         .await;
     }
-    let mut last_err = None;
-    let mut conn_to = None;
-    for _ in 0..attempts {
-        let p = match proxy
+    let picked = connect_endpoint(proxy, cluster, state, conn, host, attempts, |addr| {
+        proxy
             .upstreams
-            .pick(cluster, state, conn.orig_dst, host)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                last_err = Some(e);
-                continue;
-            }
-        };
-        if proxy.is_self(p.addr) {
-            out.status = 502;
-            out.flags = "UF";
-            out.details = "loop";
-            return (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out);
+            .http1(addr, connect_timeout, tls.map(|c| (c, sni.as_str())))
+    })
+    .await;
+    let (addr, (sender, returner), load) = match picked {
+        Connected::Yes(addr, c, load) => (addr, c, load),
+        Connected::Loop => return refuse_loop(out),
+        Connected::No(e) => {
+            let (r, o, _) = upstream_failed(e, out, authority);
+            return (r, o);
         }
-        match proxy
-            .upstreams
-            .http1(p.addr, connect_timeout, tls.map(|c| (c, sni.as_str())))
-            .await
-        {
-            Ok(c) => {
-                conn_to = Some((p.addr, c, p.load));
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    let Some((addr, (sender, returner), load)) = conn_to else {
-        let e = last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone()));
-        let (r, o, _) = upstream_failed(e, out, authority);
-        return (r, o);
     };
     out.upstream = Some(addr);
     let timeout = route.timeout.map(|t| t.to_std());
@@ -817,43 +789,19 @@ async fn forward_h2(
     attempts: u32,
     mut out: Outcome,
 ) -> (Response<RespBody>, Outcome) {
-    let mut last_err = None;
-    let mut got = None;
-    for _ in 0..attempts {
-        let p = match proxy
+    let picked = connect_endpoint(proxy, cluster, state, conn, host, attempts, |addr| {
+        proxy
             .upstreams
-            .pick(cluster, state, conn.orig_dst, host)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                last_err = Some(e);
-                continue;
-            }
-        };
-        if proxy.is_self(p.addr) {
-            out.status = 502;
-            out.flags = "UF";
-            out.details = "loop";
-            return (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out);
+            .http2(addr, connect_timeout, tls.map(|c| (c, sni)))
+    })
+    .await;
+    let (addr, mut sender, load) = match picked {
+        Connected::Yes(addr, s, load) => (addr, s, load),
+        Connected::Loop => return refuse_loop(out),
+        Connected::No(e) => {
+            let (r, o, _) = upstream_failed(e, out, host.to_string());
+            return (r, o);
         }
-        match proxy
-            .upstreams
-            .http2(p.addr, connect_timeout, tls.map(|c| (c, sni)))
-            .await
-        {
-            Ok(s) => {
-                got = Some((p.addr, s, p.load));
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    let Some((addr, mut sender, load)) = got else {
-        let e = last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone()));
-        let authority = host.to_string();
-        let (r, o, _) = upstream_failed(e, out, authority);
-        return (r, o);
     };
     out.upstream = Some(addr);
     // HTTP/2 carries the authority in `:authority`, from an absolute URI.
@@ -922,6 +870,61 @@ async fn forward_h2(
             (r, out)
         }
     }
+}
+
+/// What [`connect_endpoint`] got.
+enum Connected<T> {
+    Yes(SocketAddr, T, Option<crate::upstream::LoadGuard>),
+    /// The chosen endpoint is this proxy itself.
+    Loop,
+    No(UpstreamError),
+}
+
+/// Choose an endpoint and connect (`connect`: HTTP/1.1 pool or HTTP/2), trying another endpoint
+/// after a failure up to `attempts` times: connect failures are retried per the route's
+/// `retryOn` (Istio's default has `connect-failure`); nothing has been sent yet, so it is safe.
+async fn connect_endpoint<T, F, Fut>(
+    proxy: &Arc<Proxy>,
+    cluster: &Cluster,
+    state: Option<&crate::config::ClusterRuntime>,
+    conn: &ConnInfo,
+    host: &str,
+    attempts: u32,
+    connect: F,
+) -> Connected<T>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+{
+    let mut last_err = None;
+    for _ in 0..attempts.max(1) {
+        let p = match proxy
+            .upstreams
+            .pick(cluster, state, conn.orig_dst, host)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        if proxy.is_self(p.addr) {
+            return Connected::Loop;
+        }
+        match connect(p.addr).await {
+            Ok(c) => return Connected::Yes(p.addr, c, p.load),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Connected::No(last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone())))
+}
+
+fn refuse_loop(mut out: Outcome) -> (Response<RespBody>, Outcome) {
+    out.status = 502;
+    out.flags = "UF";
+    out.details = "loop";
+    (local(StatusCode::BAD_GATEWAY, "refusing to loop\n"), out)
 }
 
 enum SendError {
