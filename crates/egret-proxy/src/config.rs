@@ -32,6 +32,29 @@ pub struct Runtime {
     pub servers: HashMap<(u16, usize), Arc<rustls::ServerConfig>>,
     /// `uriRegexRewrite` patterns, compiled once per snapshot.
     pub regexes: HashMap<String, regex::Regex>,
+    /// `uriRegexRewrite.rewrite` strings in the regex crate's syntax (`\1` -> `${1}`).
+    pub substitutions: HashMap<String, String>,
+}
+
+/// Envoy/RE2 substitution (`\1` is group 1) to the regex crate's (`${1}`, `$$` for `$`).
+pub fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push_str("${");
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    out.push(d);
+                    chars.next();
+                }
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[derive(Default)]
@@ -121,7 +144,11 @@ impl Runtime {
             .flat_map(|l| &l.virtual_hosts)
             .flat_map(|v| &v.routes)
             .filter_map(|r| r.rewrite.as_ref()?.uri_regex.as_ref());
-        for (pattern, _) in rewrites {
+        let mut substitutions = HashMap::new();
+        for (pattern, rewrite) in rewrites {
+            substitutions
+                .entry(rewrite.clone())
+                .or_insert_with(|| re2_substitution(rewrite));
             if regexes.contains_key(pattern) {
                 continue;
             }
@@ -140,6 +167,7 @@ impl Runtime {
             clusters,
             servers,
             regexes,
+            substitutions,
         })
     }
 }
@@ -178,6 +206,18 @@ pub fn load(cfg: &SourceConfig) -> Result<Runtime, Vec<String>> {
         return Err(diags.errors().map(|d| d.to_string()).collect());
     }
     Runtime::new(snapshot, &cfg.credentials, cfg.mesh.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn re2_substitutions() {
+        use super::re2_substitution as r;
+        assert_eq!(r("/\\1"), "/${1}");
+        assert_eq!(r("/a/\\12/b\\2"), "/a/${12}/b${2}");
+        assert_eq!(r("/cost$5"), "/cost$$5");
+        assert_eq!(r("/plain\\x"), "/plain\\x");
+    }
 }
 
 /// A cheap fingerprint of the configuration files: their paths and contents.

@@ -248,7 +248,7 @@ async fn route_and_forward(
                 );
             };
             out.cluster = cluster.name.clone();
-            let req = rewrite(req, route, matched, &rt.regexes);
+            let req = rewrite(req, route, matched, &rt);
             let (resp, o) = forward(proxy, conn, &rt, cluster, route, dest, req, &host, out).await;
             (resp, o, authority)
         }
@@ -470,7 +470,7 @@ fn rewrite(
     mut req: Request<Incoming>,
     route: &HttpRoute,
     matched: usize,
-    regexes: &std::collections::HashMap<String, regex::Regex>,
+    rt: &crate::config::Runtime,
 ) -> Request<Incoming> {
     let Some(rw) = &route.rewrite else { return req };
     let path = req.uri().path().to_string();
@@ -486,9 +486,13 @@ fn rewrite(
             _ => u.clone(),
         };
     } else if let Some((pat, rep)) = &rw.uri_regex
-        && let Some(re) = regexes.get(pat)
+        && let Some(re) = rt.regexes.get(pat)
     {
-        new_path = re.replace_all(&path, rep.as_str()).into_owned();
+        let rep = rt
+            .substitutions
+            .get(rep)
+            .map_or(rep.as_str(), String::as_str);
+        new_path = re.replace_all(&path, rep).into_owned();
     }
     let pq = match query {
         Some(q) => format!("{new_path}?{q}"),

@@ -217,6 +217,9 @@ spec:
         remove: [x-drop-me]
       response:
         set: {{x-resp: three}}
+  - match: [{{uri: {{prefix: /v1/}}}}]
+    rewrite: {{uriRegexRewrite: {{match: '^/v1/([a-z]+)$', rewrite: '/\\1'}}}}
+    route: [{{destination: {{host: api.example.test}}}}]
   - match: [{{uri: {{exact: /moved}}}}]
     redirect: {{uri: /new, authority: new.example.test}}
   - match: [{{uri: {{exact: /direct}}}}]
@@ -239,6 +242,10 @@ spec:
     assert!(r.body.contains("x-added: two"), "{}", r.body);
     assert!(!r.body.contains("x-drop-me"), "{}", r.body);
     assert_eq!(r.headers["x-resp"], "three");
+    // uriRegexRewrite (RE2 syntax, `\1` groups as Istio/Envoy): /v1/headers -> /headers.
+    let r = get(cap, "api.example.test", "/v1/headers", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("GET /headers"), "{}", r.body);
     let r = get(cap, "api.example.test", "/moved", &[]).await;
     assert_eq!(r.status, 301);
     assert_eq!(r.headers["location"], "http://new.example.test/new");
