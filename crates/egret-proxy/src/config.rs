@@ -208,18 +208,6 @@ pub fn load(cfg: &SourceConfig) -> Result<Runtime, Vec<String>> {
     Runtime::new(snapshot, &cfg.credentials, cfg.mesh.as_deref())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn re2_substitutions() {
-        use super::re2_substitution as r;
-        assert_eq!(r("/\\1"), "/${1}");
-        assert_eq!(r("/a/\\12/b\\2"), "/a/${12}/b${2}");
-        assert_eq!(r("/cost$5"), "/cost$$5");
-        assert_eq!(r("/plain\\x"), "/plain\\x");
-    }
-}
-
 /// A cheap fingerprint of the configuration files: their paths and contents.
 pub fn fingerprint(cfg: &SourceConfig) -> u64 {
     let mut files = Vec::new();
@@ -305,5 +293,17 @@ pub async fn watch(
                 rejected_at = Some(now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn re2_substitutions() {
+        use super::re2_substitution as r;
+        assert_eq!(r("/\\1"), "/${1}");
+        assert_eq!(r("/a/\\12/b\\2"), "/a/${12}/b${2}");
+        assert_eq!(r("/cost$5"), "/cost$$5");
+        assert_eq!(r("/plain\\x"), "/plain\\x");
     }
 }
