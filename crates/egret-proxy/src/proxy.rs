@@ -194,6 +194,15 @@ impl Proxy {
             Detected::Http1 | Detected::Http2 => self.serve_http(stream, prefix, conn).await,
             Detected::Tls(hello) => {
                 let sni = hello.sni.clone();
+                // Egress hygiene: `CONNECT a.test:443` carrying TLS for another name would be
+                // routed (and allowed) as that name while connecting to a.test's address.
+                if let (Some(host), Some(s)) = (&conn.tunnel_host, &sni)
+                    && !host.eq_ignore_ascii_case(s)
+                {
+                    self.metrics.connection("bad_request", "tls");
+                    tracing::warn!(target: "policy", peer = %conn.peer, connect = %host, sni = %s, reason = "connect_sni_mismatch", "CONNECT authority differs from the inner SNI: refused");
+                    return;
+                }
                 match listener.and_then(|l| l.tls_chain(sni.as_deref(), dst_ip)) {
                     Some(chain) => {
                         let chain = chain.clone();
@@ -441,7 +450,10 @@ impl Proxy {
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => {
-                        let conn = ConnInfo::new(peer, Some(dst), Mode::Captured, port);
+                        let mut conn = ConnInfo::new(peer, Some(dst), Mode::Captured, port);
+                        if host.parse::<IpAddr>().is_err() {
+                            conn.tunnel_host = Some(host);
+                        }
                         me.serve_stream(TokioIo::new(upgraded), conn).await;
                     }
                     Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),

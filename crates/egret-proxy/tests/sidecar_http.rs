@@ -471,3 +471,37 @@ async fn http2_port_protocol_speaks_http2_to_the_upstream() {
     // Multiplexed: one upstream connection for all of them.
     assert_eq!(a.connections(), 1);
 }
+
+#[tokio::test]
+async fn connect_authority_must_match_the_inner_sni() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = server("a");
+    let sc = Sidecar::start(&se("api", "api.example.test", &a)).await;
+    // `CONNECT localhost:<port>`, then TLS whose SNI names another host: the sidecar would
+    // route (and allow) it as that host while connecting to localhost's address.
+    let mut s = tokio::net::TcpStream::connect(sc.explicit()).await.unwrap();
+    let target = format!("localhost:{}", port(&a));
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let ca = egret_testkit::ca::TestCa::new("any").unwrap();
+    let name = rustls::pki_types::ServerName::try_from("api.example.test").unwrap();
+    let r = tokio_rustls::TlsConnector::from(ca.rustls_client_config().unwrap())
+        .connect(name, s)
+        .await;
+    assert!(r.is_err(), "TLS for another name went through the tunnel");
+    assert_eq!(
+        sc.running
+            .proxy
+            .metrics
+            .connection_count("bad_request", "tls"),
+        1
+    );
+}
