@@ -21,6 +21,24 @@ pub fn build(scope: &Scope<'_>, host: &str, port: u16, subset: Option<&str>) -> 
     let dr = find_destination_rule(scope, host, svc.map(Service::namespace));
     let (policy_spec, subset_labels) = merged_policy(dr, subset, port);
     let mut policy = compile_policy(policy_spec.as_ref(), svc);
+    // Istio reads `credentialName` at a sidecar only when the DestinationRule has a
+    // workloadSelector (validation warns). Otherwise the credential is ignored here; a MUTUAL
+    // cluster left without a client certificate cannot be used by this proxy, and only that
+    // cluster fails (Envoy rejects the one cluster, not the whole configuration).
+    if scope.proxy.role == crate::identity::Role::Sidecar
+        && policy.tls.credential_name.is_some()
+        && dr.is_some_and(|d| d.spec.workload_selector.is_none())
+    {
+        policy.tls.credential_name = None;
+        if matches!(policy.tls.verify, Verify::Credential(_)) {
+            policy.tls.verify = Verify::SystemRoots;
+        }
+        if policy.tls.mode == ClientTlsMode::Mutual && policy.tls.client_certificate.is_none() {
+            policy.tls.unusable = Some(
+                "MUTUAL with credentialName, which a sidecar reads only when the DestinationRule has a workloadSelector".into(),
+            );
+        }
+    }
     // Sidecars reach MESH_INTERNAL destinations — in egret, its egress gateways — only over
     // mutual TLS with mesh identities. Istio sends plaintext there unless a DestinationRule
     // says ISTIO_MUTUAL; egret upgrades (and `analyze` warns about the config).
@@ -376,6 +394,7 @@ fn upstream_tls(t: &ClientTlsSettings, svc: Option<&Service<'_>>) -> UpstreamTls
         subject_alt_names,
         sni: t.sni.as_deref().map(host::canonical),
         auto_mtls: false,
+        unusable: None,
     }
 }
 

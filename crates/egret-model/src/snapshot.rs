@@ -713,6 +713,10 @@ pub struct UpstreamTls {
     /// because no DestinationRule asked for ISTIO_MUTUAL (`istio-egress-spec.md` §10.4).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub auto_mtls: bool,
+    /// Why this proxy cannot originate TLS for the cluster at all (requests to it fail with
+    /// 503 and this reason; the rest of the configuration is served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unusable: Option<String>,
 }
 
 impl Default for UpstreamTls {
@@ -727,6 +731,7 @@ impl Default for UpstreamTls {
             subject_alt_names: Vec::new(),
             sni: None,
             auto_mtls: false,
+            unusable: None,
         }
     }
 }

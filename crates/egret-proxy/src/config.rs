@@ -84,7 +84,11 @@ impl Runtime {
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         let mut errors = Vec::new();
         for c in &snapshot.clusters {
-            let tls = match tls::client_config(&c.policy.tls, creds, c.http2) {
+            let tls = match c.policy.tls.unusable {
+                Some(_) => Ok(None),
+                None => tls::client_config(&c.policy.tls, creds, c.http2),
+            };
+            let tls = match tls {
                 Ok(t) => t,
                 Err(e) => {
                     errors.push(format!("cluster {}: tls: {e}", c.name));

@@ -658,6 +658,14 @@ async fn forward(
     apply_headers(req.headers_mut(), &route.request_headers);
     apply_headers(req.headers_mut(), &dest.request_headers);
     let state = rt.clusters.get(&cluster.name);
+    if let Some(reason) = &cluster.policy.tls.unusable {
+        let e = UpstreamError::Unusable {
+            cluster: cluster.name.clone(),
+            reason: reason.clone(),
+        };
+        let (r, o, _) = upstream_failed(e, out, authority);
+        return (r, o);
+    }
     // ISTIO_MUTUAL: the mesh tunnel to an egress gateway (`mesh.rs`): the request travels as
     // one HTTP/2 request on the pooled mutual-TLS connection to the gateway endpoint.
     let mesh = cluster.policy.tls.mode == egret_config::types::ClientTlsMode::IstioMutual;

@@ -321,6 +321,17 @@ impl Proxy {
             return;
         };
         let state = rt.clusters.get(&cluster.name);
+        if let Some(reason) = cluster
+            .policy
+            .tls
+            .unusable
+            .as_ref()
+            .filter(|_| protocol == "tcp")
+        {
+            self.metrics.connection("upstream_error", protocol);
+            tracing::warn!(target: "upstream", cluster = %cluster.name, "cannot be used by this proxy: {reason}");
+            return;
+        }
         let host = sni.clone().unwrap_or_else(|| cluster.host.clone());
         let picked = match self
             .upstreams

@@ -31,6 +31,10 @@ pub type ReqBody = BoxBody<Bytes, hyper::Error>;
 /// Why an upstream could not be reached, mapped to Envoy's response flags in logs.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// `NC`: the destination host is not a service this proxy can see (no ServiceEntry, or not
+    /// exported to its namespace): Istio has no cluster for it.
+    #[error("no cluster for {0}: its host is not a service visible to this proxy")]
+    NoCluster(String),
     /// `UH`: the cluster has no endpoint to send to.
     #[error("no healthy upstream for {0}")]
     NoEndpoint(String),
@@ -52,12 +56,18 @@ pub enum UpstreamError {
     /// Mutual TLS with the mesh identity comes with the egress-gateway work.
     #[error("cluster {0} needs the mesh identity (ISTIO_MUTUAL), which this proxy does not have")]
     NoMeshIdentity(String),
+    /// The cluster's TLS settings cannot be used by this proxy (the reason says why).
+    #[error("cluster {cluster} cannot be used by this proxy: {reason}")]
+    Unusable { cluster: String, reason: String },
 }
 
 impl UpstreamError {
     pub fn response_flag(&self) -> &'static str {
         match self {
-            UpstreamError::NoEndpoint(_) | UpstreamError::NoMeshIdentity(_) => "UH",
+            UpstreamError::NoEndpoint(_)
+            | UpstreamError::NoMeshIdentity(_)
+            | UpstreamError::Unusable { .. } => "UH",
+            UpstreamError::NoCluster(_) => "NC",
             _ => "UF",
         }
     }
@@ -235,6 +245,11 @@ impl Upstreams {
         orig_dst: Option<SocketAddr>,
         authority: &str,
     ) -> Result<Picked, UpstreamError> {
+        // A route to a host no ServiceEntry describes has no cluster in Istio (503); it never
+        // falls back to where the client was going.
+        if cluster.service.is_none() {
+            return Err(UpstreamError::NoCluster(cluster.name.clone()));
+        }
         match cluster.resolution {
             // NONE: Istio's ORIGINAL_DST — where the application connected. DYNAMIC_DNS:
             // the requested name, resolved now.
@@ -248,15 +263,23 @@ impl Upstreams {
                         load: None,
                     });
                 }
-                let ips = if self.gateway {
-                    self.resolve_public(authority).await?
+                // Without an original destination (a gateway, the explicit proxy) the name to
+                // resolve is the service host, or for a wildcard host the name the client
+                // asked for (Host or SNI): SNI forwarding.
+                let name = if egret_model::host::is_wildcard(&cluster.host) {
+                    authority
                 } else {
-                    self.resolve(authority).await?
+                    cluster.host.as_str()
+                };
+                let ips = if self.gateway {
+                    self.resolve_public(name).await?
+                } else {
+                    self.resolve(name).await?
                 };
                 let i = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
                 Ok(Picked {
                     addr: SocketAddr::new(ips[i % ips.len()], cluster.target_port),
-                    name: Some(authority.to_string()),
+                    name: Some(name.to_string()),
                     load: None,
                 })
             }

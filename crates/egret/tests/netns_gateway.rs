@@ -833,6 +833,21 @@ impl<'n> Gateway<'n> {
         Ok(r.body)
     }
 
+    /// Replaces `config/egret.yaml` atomically and waits until the gateway has loaded it.
+    fn reconfigure(&self, yaml: &str) -> Result<()> {
+        let loaded = "egret_config_loaded_total";
+        let before = series(&self.metrics()?, loaded);
+        let tmp = self.files.write("egret.yaml.new", yaml)?;
+        std::fs::rename(&tmp, self.files.path().join("config/egret.yaml"))
+            .context("replace config/egret.yaml")?;
+        wait_until(
+            "the gateway to load the new configuration",
+            Duration::from_secs(10),
+            || Ok((series(&self.metrics()?, loaded) > before).then_some(())),
+        )
+        .with_context(|| format!("gateway log:\n{}", self.log()))
+    }
+
     /// Waits (bounded) until one line of the log contains all of `needles` (access-log lines
     /// are written when the exchange ends, possibly just after curl has finished).
     fn wait_for_line(&self, needles: &[&str]) -> Result<String> {
@@ -1379,8 +1394,12 @@ spec:
 /// Sample 16 (istio/api ServiceEntry docs): `example.test` exported only to its namespace
 /// `egress`, a Gateway for `*` in istio-system and a VirtualService (exportTo `*`) with the mesh
 /// and gateway legs. The gateway is referenced as `istio-system/istio-egressgateway` (the short
-/// name would resolve in the VirtualService's namespace, `egress`, and bind nothing). Workloads
-/// in `egress` (which sees the ServiceEntry) and in `other` (which sees only the VirtualService)
+/// name would resolve in the VirtualService's namespace, `egress`, and bind nothing).
+///
+/// As written, the ServiceEntry is visible only in `egress`: the gateway, in `istio-system`,
+/// has no cluster for example.test and answers 503 `NC` — what Istio does too (gateways honour
+/// exportTo; istio/istio#47080, #48300). Exported to `istio-system` as well, workloads in
+/// `egress` (which sees the ServiceEntry) and in `other` (which sees only the VirtualService)
 /// both reach example.test through the gateway, which logs each caller's identity.
 #[test]
 fn gateway_sample_16_export_to_and_legs() -> Result<()> {
@@ -1450,15 +1469,38 @@ spec:
     - destination:
         host: example.test
 ";
-    let yaml = format!("{GATEWAY_SERVICE}---\n{sample}");
+    let as_written = format!("{GATEWAY_SERVICE}---\n{sample}");
     let mesh_ca = MeshCa::new("gw16-ca")?;
     let gw = Gateway::start(
         &topo.gateway,
         Files::new("gw16-gw")?,
         &mesh_ca,
-        &yaml,
+        &as_written,
         GatewayOptions::default(),
     )?;
+    {
+        let app = sidecar(
+            &topo.app,
+            Files::new("gw16-asis")?,
+            &mesh_ca,
+            ("egress", "sleep"),
+            &as_written,
+            &[],
+        )?;
+        let r = app.curl(&["http://example.test/"])?;
+        ensure!(r.status == 503, "as written: {r:?}");
+        gw.wait_for_line(&["\" 503 NC ", "outbound|80||example.test"])?;
+        ensure!(
+            example.requests() == 0,
+            "example.test reached without a cluster"
+        );
+    }
+    let yaml = as_written.replace(
+        "  exportTo:\n  - \".\"\n",
+        "  exportTo:\n  - \".\"\n  - istio-system\n",
+    );
+    ensure!(yaml != as_written, "exportTo not rewritten");
+    gw.reconfigure(&yaml)?;
     for (i, ns) in ["egress", "other"].into_iter().enumerate() {
         let app = sidecar(
             &topo.app,
