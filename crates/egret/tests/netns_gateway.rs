@@ -1391,6 +1391,107 @@ spec:
     Ok(())
 }
 
+/// SNI forwarding (issue 4, item 4; Istio's most requested egress feature): a PASSTHROUGH server
+/// for `*.wild.test` and a `tls` route whose destination is the wildcard ServiceEntry itself
+/// (resolution DYNAMIC_DNS) send each connection to the host its SNI names, resolved by the
+/// gateway. a.wild.test and b.wild.test are different servers; the app resolves both to a decoy
+/// that must never see a connection.
+#[test]
+fn gateway_forwards_by_sni_to_any_host() -> Result<()> {
+    let topo = topology("gwsni")?;
+    let ca = TestCa::new("egret netns CA")?;
+    let _dns = start_dns(&topo, &[("a.wild.test", EXT_1), ("b.wild.test", EXT_2)])?;
+    let a = Nginx::start(
+        &topo.external,
+        &ca,
+        NginxConfig::new("a", IpAddr::V4(EXT_1), &["a.wild.test"]),
+    )?;
+    let b = Nginx::start(
+        &topo.external,
+        &ca,
+        NginxConfig::new("b", IpAddr::V4(EXT_2), &["b.wild.test"]),
+    )?;
+    let decoy = Nginx::start(
+        &topo.external,
+        &ca,
+        NginxConfig::new("decoy", IpAddr::V4(EXT_3), &["a.wild.test", "b.wild.test"]),
+    )?;
+    let sample = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: wild
+spec:
+  hosts: [\"*.wild.test\"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: DYNAMIC_DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [\"*.wild.test\"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: wild-through-egress-gateway
+spec:
+  hosts: [\"*.wild.test\"]
+  gateways: [mesh, istio-system/istio-egressgateway]
+  tls:
+  - match: [{gateways: [mesh], port: 443, sniHosts: [\"*.wild.test\"]}]
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        port: {number: 443}
+  - match: [{gateways: [istio-system/istio-egressgateway], port: 443, sniHosts: [\"*.wild.test\"]}]
+    route:
+    - destination:
+        host: \"*.wild.test\"
+        port: {number: 443}
+";
+    let yaml = format!("{GATEWAY_SERVICE}---\n{sample}");
+    let (_mesh_ca, gw, app) = mesh(&topo, "gwsni", &yaml, &[])?;
+    let ca_file = app.files.write("ca.pem", ca.ca_pem())?;
+    let decoy_ip = EXT_3.to_string();
+    for (host, server) in [("a.wild.test", "a"), ("b.wild.test", "b")] {
+        let r = app.curl(&[
+            "--cacert",
+            path_str(&ca_file),
+            "--resolve",
+            &format!("{host}:443:{decoy_ip}"),
+            &format!("https://{host}/x"),
+        ])?;
+        ensure!(
+            (r.status, r.body.as_str())
+                == (200, format!("nginx {server} https {host} /x\n").as_str()),
+            "https://{host}/x: {r:?}"
+        );
+        gw.wait_for_line(&[
+            "\"- - -\"",
+            "outbound|443||*.wild.test",
+            &format!(" {host} "),
+            &format!("peer={SLEEP_ID}"),
+        ])?;
+    }
+    ensure!(
+        a.requests() == 1 && b.requests() == 1,
+        "a: {}\nb: {}",
+        a.access_log(),
+        b.access_log()
+    );
+    ensure!(decoy.connections() == 0, "decoy: {}", decoy.access_log());
+    Ok(())
+}
+
 /// Sample 16 (istio/api ServiceEntry docs): `example.test` exported only to its namespace
 /// `egress`, a Gateway for `*` in istio-system and a VirtualService (exportTo `*`) with the mesh
 /// and gateway legs. The gateway is referenced as `istio-system/istio-egressgateway` (the short
