@@ -16,6 +16,7 @@ use crate::scope::{Proto, Scope};
 pub fn analyze(set: &ConfigSet) -> Diagnostics {
     let mut d = Diagnostics::default();
     virtual_service_references(set, &mut d);
+    gateway_leg_visibility(set, &mut d);
     conflicting_service_entries(set, &mut d);
     istio_mutual_without_gateway_server(set, &mut d);
     gateway_leg_without_mutual_tls(set, &mut d);
@@ -179,6 +180,124 @@ fn virtual_service_references(set: &ConfigSet, d: &mut Diagnostics) {
                         &format!("{path}.subset"),
                         format!(
                             "subset \"{subset}\" of host \"{h}\" is not defined by any DestinationRule"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The gateways a route's destinations are used by: each match's `gateways`, or the
+/// VirtualService's for a match without any (and for a route without matches), `mesh` excluded,
+/// as namespaced keys.
+fn route_gateways(vs: &Object<VirtualService>, match_gateways: &[&[String]]) -> Vec<String> {
+    let ns = &vs.meta.namespace;
+    let mut out: Vec<String> = Vec::new();
+    let top = &vs.spec.gateways;
+    let lists: Vec<&[String]> = if match_gateways.is_empty() {
+        vec![top.as_slice()]
+    } else {
+        match_gateways
+            .iter()
+            .map(|m| if m.is_empty() { top.as_slice() } else { *m })
+            .collect()
+    };
+    for l in lists {
+        for g in resolve_gateways(l, ns) {
+            if g != "mesh" && !out.contains(&g) {
+                out.push(g);
+            }
+        }
+    }
+    out
+}
+
+/// A gateway leg whose destination host is declared, but by no ServiceEntry exported to the
+/// gateway's namespace: the gateway has no cluster for it and answers 503 `NC` (Istio behaves
+/// the same; istio/istio#47080). Warned once per destination and gateway.
+fn gateway_leg_visibility(set: &ConfigSet, d: &mut Diagnostics) {
+    let defaults = &set.mesh.default_service_export_to;
+    let gateways: BTreeMap<String, &str> = set
+        .gateways
+        .iter()
+        .map(|g| (g.key(), g.meta.namespace.as_str()))
+        .collect();
+    for vs in &set.virtual_services {
+        let ns = &vs.meta.namespace;
+        let mut legs: Vec<(String, Vec<String>, &Destination)> = Vec::new();
+        for (i, r) in vs.spec.http.iter().enumerate() {
+            let m: Vec<&[String]> = r.matches.iter().map(|m| m.gateways.as_slice()).collect();
+            let gws = route_gateways(vs, &m);
+            for (j, w) in r.route.iter().enumerate() {
+                if let Some(dest) = &w.destination {
+                    legs.push((
+                        format!("spec.http[{i}].route[{j}].destination"),
+                        gws.clone(),
+                        dest,
+                    ));
+                }
+            }
+        }
+        for (i, r) in vs.spec.tls.iter().enumerate() {
+            let m: Vec<&[String]> = r.matches.iter().map(|m| m.gateways.as_slice()).collect();
+            let gws = route_gateways(vs, &m);
+            for (j, w) in r.route.iter().enumerate() {
+                if let Some(dest) = &w.destination {
+                    legs.push((
+                        format!("spec.tls[{i}].route[{j}].destination"),
+                        gws.clone(),
+                        dest,
+                    ));
+                }
+            }
+        }
+        for (i, r) in vs.spec.tcp.iter().enumerate() {
+            let m: Vec<&[String]> = r.matches.iter().map(|m| m.gateways.as_slice()).collect();
+            let gws = route_gateways(vs, &m);
+            for (j, w) in r.route.iter().enumerate() {
+                if let Some(dest) = &w.destination {
+                    legs.push((
+                        format!("spec.tcp[{i}].route[{j}].destination"),
+                        gws.clone(),
+                        dest,
+                    ));
+                }
+            }
+        }
+        for (path, gws, dest) in legs {
+            let Some(h) = &dest.host else { continue };
+            let h = host::resolve_short_name(h, ns);
+            let declaring: Vec<_> = set
+                .service_entries
+                .iter()
+                .filter(|se| {
+                    se.spec.hosts.iter().any(|sh| {
+                        let sh = host::canonical(sh);
+                        sh == h || host::matches(&sh, &h)
+                    })
+                })
+                .collect();
+            if declaring.is_empty() {
+                continue; // the unknown-host rule says so already
+            }
+            for g in gws {
+                let Some(gw_ns) = gateways.get(&g) else {
+                    continue;
+                };
+                let visible = declaring.iter().any(|se| {
+                    crate::scope::exported_to(
+                        &se.spec.export_to,
+                        defaults,
+                        &se.meta.namespace,
+                        gw_ns,
+                    )
+                });
+                if !visible {
+                    d.push(vs.warning(
+                        &format!("{path}.host"),
+                        format!(
+                            "host \"{h}\" is not exported to namespace {gw_ns} of Gateway {g}: the gateway has no cluster for it and answers 503 (NC); add \"{gw_ns}\" to the ServiceEntry's exportTo"
                         ),
                     ));
                 }

@@ -403,3 +403,51 @@ spec:
         "t.yaml:13: warning: VirtualService istio-egress/p-api: spec.http[0].route[0].destination.host: host \"gw-a.istio-egress.svc.cluster.local\" is not declared by any ServiceEntry: egret has no endpoints for it and requests routed there fail with 503 (generated from ASMEgressTrafficPolicy istio-egress/p)",
     );
 }
+
+#[test]
+fn gateway_leg_to_a_host_not_exported_to_the_gateway_namespace() {
+    // Sample 16's shape: the ServiceEntry is visible only in `egress`; the gateway in
+    // istio-system has no cluster for it (Istio: 503 NC).
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: egress}
+spec:
+  hosts: [example.test]
+  exportTo: [\".\"]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: egress}
+spec:
+  hosts: [example.test]
+  gateways: [mesh, istio-system/gw]
+  http:
+  - match: [{gateways: [mesh]}]
+    route: [{destination: {host: example.test}}]
+  - match: [{gateways: [istio-system/gw]}]
+    route: [{destination: {host: example.test}}]
+";
+    let d = check(yaml);
+    assert_has(
+        &d,
+        "t.yaml:27: warning: VirtualService egress/vs: spec.http[1].route[0].destination.host: host \"example.test\" is not exported to namespace istio-system of Gateway istio-system/gw: the gateway has no cluster for it and answers 503 (NC); add \"istio-system\" to the ServiceEntry's exportTo",
+    );
+    // The mesh leg is not a gateway leg: nothing said about it.
+    assert!(
+        !d.iter()
+            .any(|x| x.contains("spec.http[0]") && x.contains("not exported")),
+        "{d:?}"
+    );
+    // Exported to istio-system too: no warning.
+    let fixed = yaml.replace("exportTo: [\".\"]", "exportTo: [\".\", istio-system]");
+    assert!(!check(&fixed).iter().any(|x| x.contains("not exported")));
+}
