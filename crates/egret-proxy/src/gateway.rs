@@ -92,9 +92,12 @@ impl Proxy {
             tracing::warn!(target: "policy", %peer, port, reason = "no_gateway_identity", "mesh tunnel refused: this gateway has no --identity-dir");
             return;
         };
-        let tls = match tokio_rustls::TlsAcceptor::from(mesh.server_config())
-            .accept(PrefixedIo::new(prefix, stream))
+        // A client that stalls mid-handshake must not hold the connection forever.
+        let accept = tokio_rustls::TlsAcceptor::from(mesh.server_config())
+            .accept(PrefixedIo::new(prefix, stream));
+        let tls = match tokio::time::timeout(self.hello_timeout, accept)
             .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
         {
             Ok(t) => t,
             Err(e) => {
@@ -165,9 +168,20 @@ impl Proxy {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let mut inner = TokioIo::new(upgraded);
-                    let (detected, prefix) = match detect::detect(&mut inner, me.detect_timeout)
-                        .await
-                    {
+                    // TCP servers route without looking at the bytes (and server-first
+                    // protocols send none): no detection, no delay.
+                    let tcp_port = me
+                        .state
+                        .load()
+                        .snapshot
+                        .listener(port)
+                        .is_some_and(|l| l.protocol == ListenerProtocol::Tcp);
+                    let detected = if tcp_port {
+                        Ok((Detected::Opaque, Bytes::new()))
+                    } else {
+                        detect::detect(&mut inner, me.hello_timeout).await
+                    };
+                    let (detected, prefix) = match detected {
                         Ok(d) => d,
                         Err(e) => {
                             me.metrics.connection("bad_request", "tcp");
@@ -330,9 +344,11 @@ impl Proxy {
             tracing::warn!(target: "policy", %peer, port, %sni, ?mode, "this server is reachable only through the mesh tunnel: closed");
             return;
         };
-        let tls = match tokio_rustls::TlsAcceptor::from(config)
-            .accept(PrefixedIo::new(prefix, stream))
+        let accept =
+            tokio_rustls::TlsAcceptor::from(config).accept(PrefixedIo::new(prefix, stream));
+        let tls = match tokio::time::timeout(self.hello_timeout, accept)
             .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
         {
             Ok(t) => t,
             Err(e) => {

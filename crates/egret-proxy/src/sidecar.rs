@@ -62,8 +62,7 @@ pub struct Running {
     pub outbound: Option<SocketAddr>,
     pub explicit: Option<SocketAddr>,
     pub admin: SocketAddr,
-    /// Gateway role: (server port, bound address) at start; see [`Running::gateway_ports`].
-    pub gateway: Vec<(u16, SocketAddr)>,
+    /// Gateway role: (server port, bound address) now, see [`Running::gateway_ports`].
     gateway_bound: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, SocketAddr>>>,
     shutdown: watch::Sender<bool>,
     active: Arc<Active>,
@@ -413,7 +412,6 @@ pub async fn start(
         outbound: outbound_addr,
         explicit: explicit_addr,
         admin: admin_addr,
-        gateway: gateway_addrs,
         gateway_bound,
         shutdown,
         active,

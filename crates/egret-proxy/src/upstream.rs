@@ -53,7 +53,7 @@ pub enum UpstreamError {
     },
     #[error("upstream HTTP handshake with {addr} failed: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
-    /// Mutual TLS with the mesh identity comes with the egress-gateway work.
+    /// `UH`: an ISTIO_MUTUAL cluster (the mesh tunnel) on a proxy without `--identity-dir`.
     #[error("cluster {0} needs the mesh identity (ISTIO_MUTUAL), which this proxy does not have")]
     NoMeshIdentity(String),
     /// The cluster's TLS settings cannot be used by this proxy (the reason says why).

@@ -88,7 +88,7 @@ spec:
     assert_eq!(get(gw.addr(80), "other.test", "/", &[]).await.status, 404);
     // A gateway with other labels binds nothing.
     let none = Sidecar::gateway(&yaml, &[("istio", "other")], &[]).await;
-    assert!(none.running.gateway.is_empty());
+    assert!(none.running.gateway_ports().is_empty());
 }
 
 #[tokio::test]

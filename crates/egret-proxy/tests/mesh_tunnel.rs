@@ -487,3 +487,34 @@ async fn connect_authority_must_match_the_inner_sni() {
         .await;
     assert!(bad.is_err(), "CONNECT other.test carried TLS for cnn.test");
 }
+
+#[tokio::test]
+async fn a_client_stalling_mid_handshake_is_closed() {
+    let mesh = Mesh::new();
+    let ext_ca = TestCa::new("ext").unwrap();
+    let ext = external("cnn", &ext_ca);
+    let (gw, _sc) = pair(&ext, &mesh.gateway(), Some(&mesh.sidecar()), None).await;
+    // A real ClientHello offering the tunnel's ALPN, then silence.
+    let store = IdentityStore::load(mesh.sidecar()).unwrap();
+    let gw_id = SpiffeId::workload("cluster.local", "istio-system", GW_SA).unwrap();
+    let config = store
+        .client_config([gw_id], &[egret_proxy::mesh::MESH_ALPN.as_bytes()])
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("gw").unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.addr(443)).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    // The gateway answers its part of the handshake, then gives up on us (hello timeout, 5 s).
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut sink)).await;
+    assert!(r.is_ok(), "the gateway kept a stalled handshake open");
+    assert!(
+        gw.running
+            .proxy
+            .metrics
+            .connection_count("refused_mesh_tls", "tls")
+            >= 1
+    );
+}

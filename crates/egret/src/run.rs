@@ -242,7 +242,7 @@ fn serve(
         tracing::info!(
             outbound = ?running.outbound,
             proxy = ?running.explicit,
-            gateway = ?running.gateway,
+            gateway = ?running.gateway_ports(),
             admin = %running.admin,
             "{ready_msg}"
         );
