@@ -11,5 +11,7 @@
 //! lookups and string comparisons, never a lock held across an `.await`.
 
 pub mod attrs;
+pub mod authz;
+pub mod normalize;
 
 pub use attrs::{Attrs, Protocol, RequestAuth, istio_match, principal_of};
