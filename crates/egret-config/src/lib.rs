@@ -29,6 +29,8 @@ pub struct ConfigSet {
     pub authorization_policies: Vec<Object<AuthorizationPolicy>>,
     pub request_authentications: Vec<Object<RequestAuthentication>>,
     pub asm_egress_policies: Vec<Object<AsmEgressTrafficPolicy>>,
+    /// egret's `egret.io/v1alpha1` RateLimitPolicy (docs/rate-limits.md).
+    pub rate_limit_policies: Vec<Object<RateLimitPolicy>>,
     pub mesh: MeshConfig,
     /// Where the mesh config came from, when it was given.
     pub mesh_origin: Option<Origin>,
@@ -64,5 +66,6 @@ impl ConfigSet {
             + self.authorization_policies.len()
             + self.request_authentications.len()
             + self.asm_egress_policies.len()
+            + self.rate_limit_policies.len()
     }
 }

@@ -51,6 +51,8 @@ pub struct Loader {
 
 const NETWORKING_VERSIONS: &[&str] = &["v1alpha3", "v1beta1", "v1"];
 const SECURITY_VERSIONS: &[&str] = &["v1beta1", "v1"];
+/// egret's own kinds (`egret.io`): RateLimitPolicy.
+const EGRET_VERSIONS: &[&str] = &["v1alpha1"];
 
 /// Istio kinds that exist but egret does not read: a warning, not an error.
 const KNOWN_UNREAD_ISTIO_KINDS: &[&str] = &[
@@ -177,6 +179,7 @@ impl Loader {
         dedupe(&mut self.set.authorization_policies, d);
         dedupe(&mut self.set.request_authentications, d);
         dedupe(&mut self.set.asm_egress_policies, d);
+        dedupe(&mut self.set.rate_limit_policies, d);
         self.diags.sort();
         (self.set, self.diags)
     }
@@ -338,6 +341,19 @@ impl Loader {
                 }
                 _ => self.unknown_kind(file, &origin, api_version, kind, KNOWN_UNREAD_ASM_KINDS),
             },
+            ("egret.io", _) => {
+                if !EGRET_VERSIONS.contains(&version) {
+                    self.unsupported_version(file, &origin, api_version, kind);
+                    return;
+                }
+                match kind {
+                    "RateLimitPolicy" => {
+                        let o = self.typed(Kind::RateLimitPolicy, api_version, &value, origin);
+                        self.set.rate_limit_policies.extend(o);
+                    }
+                    _ => self.unknown_kind(file, &origin, api_version, kind, &[]),
+                }
+            }
             (g, _) if g.ends_with(".istio.io") => {
                 self.unknown_kind(file, &origin, api_version, kind, KNOWN_UNREAD_ISTIO_KINDS)
             }

@@ -17,6 +17,8 @@ pub enum Kind {
     AuthorizationPolicy,
     RequestAuthentication,
     AsmEgressTrafficPolicy,
+    /// egret's own `egret.io/v1alpha1` RateLimitPolicy.
+    RateLimitPolicy,
     MeshConfig,
 }
 
@@ -32,6 +34,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::AsmEgressTrafficPolicy => "ASMEgressTrafficPolicy",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::MeshConfig => "MeshConfig",
         }
     }

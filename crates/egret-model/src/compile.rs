@@ -65,6 +65,7 @@ pub fn build(set: &ConfigSet, proxy: &ProxyIdentity, generated: Vec<String>) -> 
         clusters: cluster_list,
         authorization_policies: policy::authorization(set, proxy, &root_ns),
         request_authentications: policy::request_authentication(set, proxy, &root_ns),
+        rate_limits: crate::ratelimit::rate_limits(set, proxy, &root_ns),
         generated,
         index: Default::default(),
     };

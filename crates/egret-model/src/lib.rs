@@ -19,6 +19,7 @@ pub mod compile;
 pub mod host;
 pub mod identity;
 pub mod policy;
+pub mod ratelimit;
 pub mod routes;
 pub mod scope;
 pub mod snapshot;

@@ -43,6 +43,9 @@ pub struct Snapshot {
     /// (CUSTOM, DENY, ALLOW, AUDIT; within an action by namespace/name).
     pub authorization_policies: Vec<AuthzPolicy>,
     pub request_authentications: Vec<RequestAuthn>,
+    /// RateLimitPolicies applying to this proxy, by `ns/name` (docs/rate-limits.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::ratelimit::RateLimitPolicySpec>,
     /// Objects generated from ASMEgressTrafficPolicy, by name (for operators reading a dump).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub generated: Vec<String>,

@@ -18,6 +18,7 @@ mod asm;
 mod destination_rule;
 mod gateway;
 mod mesh;
+mod ratelimit;
 mod security;
 mod service_entry;
 mod sidecar;
@@ -35,6 +36,7 @@ use asm::asm_egress_policy;
 use destination_rule::destination_rule;
 use gateway::gateway;
 use mesh::mesh_config;
+use ratelimit::rate_limit_policy;
 use security::{authorization_policy, request_authentication};
 use service_entry::{EndpointKind, service_entry, workload_entry};
 use sidecar::sidecar;
@@ -74,6 +76,9 @@ pub fn validate(set: &ConfigSet) -> Diagnostics {
     }
     for o in &set.asm_egress_policies {
         check(o, &mut out, asm_egress_policy);
+    }
+    for o in &set.rate_limit_policies {
+        check(o, &mut out, rate_limit_policy);
     }
     mesh_config(set, &mut out);
 
