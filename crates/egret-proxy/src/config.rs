@@ -34,6 +34,8 @@ pub struct Runtime {
     pub regexes: HashMap<String, regex::Regex>,
     /// `uriRegexRewrite.rewrite` strings in the regex crate's syntax (`\1` -> `${1}`).
     pub substitutions: HashMap<String, String>,
+    /// AuthorizationPolicies, RequestAuthentications, external authorizers and rate limits.
+    pub policy: crate::policy::enforce::PolicyRuntime,
 }
 
 /// Envoy/RE2 substitution (`\1` is group 1) to the regex crate's (`${1}`, `$$` for `$`).
@@ -80,6 +82,7 @@ impl Runtime {
         snapshot: Snapshot,
         creds: &CredentialStore,
         mesh: Option<&MeshTls>,
+        policy: &crate::policy::enforce::Shared,
     ) -> Result<Runtime, Vec<String>> {
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         let mut errors = Vec::new();
@@ -163,15 +166,23 @@ impl Runtime {
                 Err(e) => errors.push(format!("uriRegexRewrite.match {pattern:?}: {e}")),
             }
         }
-        if !errors.is_empty() {
+        let policy = match crate::policy::enforce::PolicyRuntime::new(&snapshot, policy) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        };
+        let (Some(policy), true) = (policy, errors.is_empty()) else {
             return Err(errors);
-        }
+        };
         Ok(Runtime {
             snapshot: Arc::new(snapshot),
             clusters,
             servers,
             regexes,
             substitutions,
+            policy,
         })
     }
 }
@@ -187,6 +198,8 @@ pub struct SourceConfig {
     pub mesh: Option<Arc<MeshTls>>,
     /// How often the files are checked for changes.
     pub poll: Duration,
+    /// Policy state kept across snapshots (audit log, JWKS cache, rate-limit buckets).
+    pub policy: Arc<crate::policy::enforce::Shared>,
 }
 
 /// Load and compile once. `Err` carries the messages to log (diagnostics or file errors).
@@ -209,7 +222,7 @@ pub fn load(cfg: &SourceConfig) -> Result<Runtime, Vec<String>> {
     if diags.has_errors() {
         return Err(diags.errors().map(|d| d.to_string()).collect());
     }
-    Runtime::new(snapshot, &cfg.credentials, cfg.mesh.as_deref())
+    Runtime::new(snapshot, &cfg.credentials, cfg.mesh.as_deref(), &cfg.policy)
 }
 
 /// A cheap fingerprint of the configuration files: their paths and contents.

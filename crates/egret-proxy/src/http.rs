@@ -63,18 +63,23 @@ pub async fn handle(
         .unwrap_or_else(|| "/".into());
     let version = req.version();
     let (resp, out, authority) = route_and_forward(&proxy, &conn, req).await;
-    proxy.metrics.request(match out.flags {
-        "-" => match out.details {
-            "direct_response" => "direct_response",
-            "redirect" => "redirect",
-            "passthrough" => "passthrough",
-            _ => "routed",
+    proxy.metrics.request(match (out.flags, out.details) {
+        (_, "rbac_access_denied" | "ext_authz_denied" | "ext_authz_error") => "denied",
+        (_, d) if d.starts_with("jwt_") => "unauthenticated",
+        ("RL", _) => "rate_limited",
+        (flags, _) => match flags {
+            "-" => match out.details {
+                "direct_response" => "direct_response",
+                "redirect" => "redirect",
+                "passthrough" => "passthrough",
+                _ => "routed",
+            },
+            "NR" if out.cluster == BLACKHOLE_CLUSTER => "blackhole",
+            "NR" => "no_route",
+            "UT" => "timeout",
+            "DPE" => "bad_request",
+            _ => "upstream_error",
         },
-        "NR" if out.cluster == BLACKHOLE_CLUSTER => "blackhole",
-        "NR" => "no_route",
-        "UT" => "timeout",
-        "DPE" => "bad_request",
-        _ => "upstream_error",
     });
     tracing::info!(
         target: "access",
@@ -172,7 +177,29 @@ async fn route_and_forward(
         (Mode::Gateway, _) => conn.default_port,
         _ => auth_port.unwrap_or(conn.default_port),
     };
+    // One normalized form of the path and host: what policies and routes match is what the
+    // upstream receives (see `policy::normalize`).
+    let mut req = req;
+    if let Err(e) = normalize_request(&mut req, &host, auth_port) {
+        out.status = 400;
+        out.flags = "DPE";
+        out.details = "invalid_path";
+        tracing::info!(target: "policy", host, "bad request path: {e}");
+        return (
+            local(StatusCode::BAD_REQUEST, "bad request path\n"),
+            out,
+            authority,
+        );
+    }
     let rt = proxy.state.load_full();
+    if let Err(d) =
+        crate::policy::enforce::check_http(proxy, &rt, conn, &mut req, &host, port).await
+    {
+        out.status = d.status;
+        out.flags = d.flags;
+        out.details = d.details;
+        return (d.response, out, authority);
+    }
     let snap = &rt.snapshot;
     let vhost = snap.listener(port).and_then(|l| l.virtual_host(&host));
     let Some(vhost) = vhost else {
@@ -253,6 +280,41 @@ async fn route_and_forward(
             (resp, o, authority)
         }
     }
+}
+
+/// Rewrite the request to its normalized path (the query is kept as sent) and Host (lower
+/// case, no trailing dot).
+fn normalize_request(
+    req: &mut Request<Incoming>,
+    host: &str,
+    port: Option<u16>,
+) -> Result<(), crate::policy::normalize::PathError> {
+    use std::borrow::Cow;
+    let normalized = crate::policy::normalize::normalize_path(req.uri().path())?;
+    if let Cow::Owned(path) = normalized {
+        let mut parts = req.uri().clone().into_parts();
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        parts.path_and_query = pq.parse().ok();
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+    if let Some(h) = req.headers().get(header::HOST) {
+        let canonical = match port {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        if h.as_bytes() != canonical.as_bytes()
+            && !host.contains(':')
+            && let Ok(v) = HeaderValue::from_str(&canonical)
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    Ok(())
 }
 
 /// ALLOW_ANY: pass the request through to where it was going (`PassthroughCluster`, no

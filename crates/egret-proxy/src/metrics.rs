@@ -11,7 +11,9 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     /// `routed`, `passthrough`, `blackhole`, `no_route`, `direct_response`, `redirect`,
-    /// `upstream_error`, `timeout`, `bad_request`, `loop`, `accept_error`; at a gateway also
+    /// `upstream_error`, `timeout`, `bad_request`, `loop`, `accept_error`, `denied`
+    /// (AuthorizationPolicy, CUSTOM), `unauthenticated` (bad JWT: 401), `rate_limited`
+    /// (429, or a refused connection); at a gateway also
     /// `refused_not_mesh` (a client without the mesh tunnel) and `refused_mesh_tls` (a tunnel
     /// handshake whose client certificate was rejected).
     pub outcome: &'static str,
@@ -19,8 +21,22 @@ pub struct Outcome {
     pub protocol: &'static str,
 }
 
+/// One policy decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyDecision {
+    /// `allow`, `deny`, `dry_run_deny`, `dry_run_allow`.
+    pub decision: &'static str,
+    /// `allowed_by_policy`, `no_allow_policy`, `denied_by_policy`, `no_matching_allow`,
+    /// `ext_authz_allowed`, `ext_authz_denied`, `ext_authz_error`, `ext_authz_failed_open`,
+    /// `ext_authz_not_for_tcp`, `jwt_<reason>`, `rate_limited`.
+    pub reason: &'static str,
+    /// `http`, `tls` or `tcp`.
+    pub protocol: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub policy: Family<PolicyDecision, Counter>,
     pub requests: Family<Outcome, Counter>,
     pub connections: Family<Outcome, Counter>,
     pub config_loaded: Counter,
@@ -36,6 +52,12 @@ impl Metrics {
         let config_loaded = Counter::default();
         let config_rejected = Counter::default();
         let active_connections = Gauge::default();
+        let policy = Family::<PolicyDecision, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Authorization, authentication and rate-limit decisions, by outcome and reason",
+            policy.clone(),
+        );
         registry.register(
             "outbound_requests",
             "HTTP requests handled, by outcome",
@@ -63,6 +85,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            policy,
             requests,
             connections,
             config_loaded,
@@ -78,6 +101,32 @@ impl Metrics {
                 protocol: "http",
             })
             .inc();
+    }
+
+    pub fn policy(&self, decision: &'static str, reason: &'static str, protocol: &'static str) {
+        self.policy
+            .get_or_create(&PolicyDecision {
+                decision,
+                reason,
+                protocol,
+            })
+            .inc();
+    }
+
+    /// The count of policy decisions with this outcome (tests, admin views).
+    pub fn policy_count(
+        &self,
+        decision: &'static str,
+        reason: &'static str,
+        protocol: &'static str,
+    ) -> u64 {
+        self.policy
+            .get_or_create(&PolicyDecision {
+                decision,
+                reason,
+                protocol,
+            })
+            .get()
     }
 
     pub fn connection(&self, outcome: &'static str, protocol: &'static str) {

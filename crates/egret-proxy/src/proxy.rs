@@ -103,6 +103,11 @@ pub struct Proxy {
     pub mesh: Option<Arc<crate::mesh::MeshTls>>,
     /// Gateway role: serve clients that do not come through the mesh tunnel (no identity).
     pub allow_direct: bool,
+    /// Sidecar role: the workload's own SPIFFE ID — the caller of everything it sends, for
+    /// AuthorizationPolicies that select the workload.
+    pub own_identity: Option<Arc<str>>,
+    /// Policy state shared across snapshots: audit log, JWKS cache, rate-limit buckets.
+    pub policy: Arc<crate::policy::enforce::Shared>,
 }
 
 impl Proxy {
@@ -116,6 +121,8 @@ impl Proxy {
             hello_timeout: Duration::from_secs(5),
             mesh: None,
             allow_direct: false,
+            own_identity: None,
+            policy: Arc::new(crate::policy::enforce::Shared::default()),
         }
     }
 
@@ -249,6 +256,45 @@ impl Proxy {
         }
     }
 
+    /// AuthorizationPolicies (and rate limits) for a TLS/TCP connection, before anything is
+    /// forwarded. `false`: refused, counted and logged; dropping the stream closes it.
+    pub(crate) async fn connection_allowed(
+        self: &Arc<Self>,
+        rt: &Runtime,
+        conn: &ConnInfo,
+        sni: Option<&str>,
+        protocol: &'static str,
+    ) -> bool {
+        let kind = if sni.is_some() || protocol == "tls" {
+            crate::policy::Protocol::Tls
+        } else {
+            crate::policy::Protocol::Tcp
+        };
+        let port = match (conn.mode, conn.orig_dst) {
+            (Mode::Gateway, _) => conn.default_port,
+            (_, Some(dst)) => dst.port(),
+            _ => conn.default_port,
+        };
+        let dst_ip = conn.orig_dst.map(|d| d.ip());
+        match crate::policy::enforce::check_connection(self, rt, conn, kind, sni, port, dst_ip)
+            .await
+        {
+            Ok(()) => true,
+            Err(reason) => {
+                self.metrics.connection("denied", protocol);
+                tracing::info!(
+                    target: "access",
+                    "\"- - -\" 0 - {reason} \"-\" \"-\" - {} {} {} peer={}",
+                    conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                    conn.peer,
+                    sni.unwrap_or("-"),
+                    conn.principal(),
+                );
+                false
+            }
+        }
+    }
+
     /// Traffic that matched no service: pass through or black-hole.
     async fn outbound_l4<S>(
         self: Arc<Self>,
@@ -271,6 +317,12 @@ impl Proxy {
                 sni.as_deref().unwrap_or("-")
             );
             return; // dropping the stream closes it
+        }
+        if !self
+            .connection_allowed(rt, &conn, sni.as_deref(), protocol)
+            .await
+        {
+            return;
         }
         self.metrics.connection("passthrough", protocol);
         tracing::info!(target: "policy", %dst, sni = sni.as_deref().unwrap_or("-"), "ALLOW_ANY: passthrough");
@@ -313,6 +365,12 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let start = Instant::now();
+        if !self
+            .connection_allowed(rt, &conn, sni.as_deref(), protocol)
+            .await
+        {
+            return;
+        }
         let Some(dest) = h::pick_weighted(&chain.route) else {
             return;
         };

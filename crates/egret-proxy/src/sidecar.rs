@@ -200,6 +200,14 @@ pub async fn start(
     let mut proxy = Proxy::new(state.clone(), metrics.clone());
     proxy.detect_timeout = opts.detect_timeout;
     proxy.mesh = opts.source.mesh.clone();
+    proxy.policy = opts.source.policy.clone();
+    if opts.gateway.is_none() {
+        proxy.own_identity = opts
+            .source
+            .mesh
+            .as_ref()
+            .map(|m| Arc::from(m.store().spiffe_id().to_string()));
+    }
     if let Some(g) = &opts.gateway {
         proxy.allow_direct = g.allow_direct;
         let mut up = crate::upstream::Upstreams::new();

@@ -358,3 +358,4 @@ impl Drop for Sidecar<'_> {
         );
     }
 }
+pub mod gateway;

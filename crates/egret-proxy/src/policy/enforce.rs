@@ -1,0 +1,370 @@
+//! Where policy meets traffic: the per-snapshot [`PolicyRuntime`], the per-process
+//! [`Shared`] state, and the two checks the data path calls — [`check_http`] for every HTTP
+//! request (after path normalization, before routing) and [`check_connection`] for every
+//! TLS/TCP connection (before it is forwarded).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use egret_model::Snapshot;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::attrs::{Attrs, Protocol, principal_of};
+use super::audit::{AuditLog, Record};
+use super::authz::{Authorizer, Verdict};
+use super::ext_authz::{CustomDecision, HttpAuthorizer};
+use crate::config::Runtime;
+use crate::http::{RespBody, local};
+use crate::proxy::{ConnInfo, Mode, Proxy};
+
+/// Policy state that outlives configuration snapshots (one per process).
+pub struct Shared {
+    pub audit: AuditLog,
+}
+
+impl Shared {
+    pub fn new(audit: AuditLog) -> Arc<Shared> {
+        Arc::new(Shared { audit })
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            audit: AuditLog::to_log(false),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("policy::Shared").finish_non_exhaustive()
+    }
+}
+
+/// The policies of one snapshot, compiled for the data path.
+pub struct PolicyRuntime {
+    pub authz: Authorizer,
+    /// `envoyExtAuthzHttp` providers by name.
+    pub providers: HashMap<String, Arc<HttpAuthorizer>>,
+}
+
+impl PolicyRuntime {
+    pub fn new(snapshot: &Snapshot, _shared: &Shared) -> Result<PolicyRuntime, Vec<String>> {
+        Ok(PolicyRuntime {
+            authz: Authorizer::new(&snapshot.authorization_policies),
+            providers: HttpAuthorizer::from_providers(&snapshot.mesh.extension_providers),
+        })
+    }
+
+    /// Nothing to check: the data path skips policy entirely.
+    pub fn is_empty(&self) -> bool {
+        self.authz.is_empty()
+    }
+}
+
+/// A request or connection that may not pass, and how to say so.
+pub struct Denial {
+    pub response: http::Response<RespBody>,
+    pub status: u16,
+    /// Envoy response flag for the access log: `-` (RBAC), `UAEX` (external authorizer),
+    /// `RL` (rate limited).
+    pub flags: &'static str,
+    /// Envoy-style response code details.
+    pub details: &'static str,
+}
+
+/// The caller's principal: through the mesh tunnel at a gateway; the workload's own identity
+/// at a sidecar (it is the caller of everything it sends).
+fn principal<'a>(proxy: &'a Proxy, conn: &'a ConnInfo) -> Option<&'a str> {
+    match conn.mode {
+        Mode::Gateway => conn.peer_identity.as_deref().map(principal_of),
+        _ => proxy.own_identity.as_deref().map(principal_of),
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Tls => "tls",
+        Protocol::Tcp => "tcp",
+    }
+}
+
+/// Record and count one decision.
+fn report(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    a: &Attrs<'_>,
+    decision: &str,
+    reason: &'static str,
+    policy: &str,
+    status: u16,
+) {
+    proxy.metrics.policy(
+        if decision == "allow" { "allow" } else { "deny" },
+        reason,
+        protocol_name(a.protocol),
+    );
+    let audit = &proxy.policy.audit;
+    if decision != "allow" || audit.include_allowed {
+        audit.record(&Record {
+            decision,
+            reason,
+            policy,
+            source: conn.peer,
+            attrs: a,
+            status,
+        });
+    }
+}
+
+/// AUDIT matches and dry-run results: recorded, never enforced.
+fn report_shadow(proxy: &Proxy, conn: &ConnInfo, a: &Attrs<'_>, e: &super::authz::Evaluation) {
+    for p in &e.audit {
+        proxy.policy.audit.record(&Record {
+            decision: "audit",
+            reason: "audit_policy",
+            policy: p,
+            source: conn.peer,
+            attrs: a,
+            status: 0,
+        });
+    }
+    if let Some(dry) = &e.dry_run
+        && dry.allowed() != e.verdict.allowed()
+    {
+        let decision = if dry.allowed() {
+            "dry_run_allow"
+        } else {
+            "dry_run_deny"
+        };
+        tracing::info!(target: "policy", policy = dry.policy(), decision, "dry-run policy would change this decision");
+        proxy
+            .metrics
+            .policy(decision, dry.reason(), protocol_name(a.protocol));
+        proxy.policy.audit.record(&Record {
+            decision,
+            reason: dry.reason(),
+            policy: dry.policy(),
+            source: conn.peer,
+            attrs: a,
+            status: 0,
+        });
+    }
+}
+
+fn rbac_denied() -> http::Response<RespBody> {
+    local(StatusCode::FORBIDDEN, "RBAC: access denied")
+}
+
+/// Check one HTTP request: CUSTOM, then DENY/ALLOW. `host` and the request's path are
+/// already normalized. On success the request may carry headers the external authorizer
+/// added.
+pub async fn check_http(
+    proxy: &Arc<Proxy>,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: &mut Request<Incoming>,
+    host: &str,
+    port: u16,
+) -> Result<(), Denial> {
+    let pol = &rt.policy;
+    if pol.is_empty() {
+        return Ok(());
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let principal = principal(proxy, conn);
+    let a = Attrs {
+        protocol: Protocol::Http,
+        source_ip: Some(conn.peer.ip()),
+        remote_ip: Some(conn.peer.ip()),
+        principal,
+        destination_ip: conn.orig_dst.map(|d| d.ip()),
+        destination_port: port,
+        sni: conn.sni.as_deref(),
+        host: Some(host),
+        method: Some(method.as_str()),
+        path: Some(&path),
+        headers: Some(req.headers()),
+        auth: None,
+    };
+
+    // 1. CUSTOM: the external authorizer decides first; a denial stops here.
+    let mut add: Vec<(HeaderName, HeaderValue)> = Vec::new();
+    if let Some(custom) = pol.authz.custom(&a) {
+        let decision = match pol.providers.get(&*custom.provider) {
+            Some(authorizer) => {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                authorizer
+                    .check(&proxy.upstreams, rt, &method, pq, host, req.headers())
+                    .await
+            }
+            None => {
+                // Validation reports unknown providers; if one still gets here, fail closed
+                // (Envoy answers 403 when its ext_authz filter is missing for a CUSTOM rule).
+                tracing::warn!(target: "policy", provider = %custom.provider, policy = %custom.policy, "CUSTOM policy names no envoyExtAuthzHttp provider: denied");
+                CustomDecision::Deny {
+                    response: rbac_denied(),
+                    status: 403,
+                    reason: "ext_authz_error",
+                }
+            }
+        };
+        match decision {
+            CustomDecision::Allow {
+                upstream_headers,
+                failed_open,
+            } => {
+                let reason = if failed_open {
+                    "ext_authz_failed_open"
+                } else {
+                    "ext_authz_allowed"
+                };
+                report(proxy, conn, &a, "allow", reason, &custom.policy, 0);
+                add = upstream_headers;
+            }
+            CustomDecision::Deny {
+                response,
+                status,
+                reason,
+            } => {
+                if custom.dry_run {
+                    report_shadow(
+                        proxy,
+                        conn,
+                        &a,
+                        &super::authz::Evaluation {
+                            verdict: Verdict::Allow { policy: None },
+                            audit: Vec::new(),
+                            dry_run: Some(Verdict::Deny {
+                                policy: Some(custom.policy.clone()),
+                            }),
+                        },
+                    );
+                } else {
+                    report(proxy, conn, &a, "deny", reason, &custom.policy, status);
+                    tracing::info!(target: "policy", policy = %custom.policy, status, principal = principal.unwrap_or("-"), host, path, "denied by the external authorizer");
+                    return Err(Denial {
+                        response,
+                        status,
+                        flags: "UAEX",
+                        details: reason,
+                    });
+                }
+            }
+        }
+    }
+
+    // 2–5. DENY, then ALLOW.
+    let e = pol.authz.evaluate(&a);
+    report_shadow(proxy, conn, &a, &e);
+    if !e.verdict.allowed() {
+        report(
+            proxy,
+            conn,
+            &a,
+            "deny",
+            e.verdict.reason(),
+            e.verdict.policy(),
+            403,
+        );
+        tracing::info!(target: "policy", policy = e.verdict.policy(), reason = e.verdict.reason(), principal = principal.unwrap_or("-"), host, path, "RBAC: access denied");
+        return Err(Denial {
+            response: rbac_denied(),
+            status: 403,
+            flags: "-",
+            details: "rbac_access_denied",
+        });
+    }
+    report(
+        proxy,
+        conn,
+        &a,
+        "allow",
+        e.verdict.reason(),
+        e.verdict.policy(),
+        0,
+    );
+    let h = req.headers_mut();
+    for (n, v) in add {
+        h.insert(n, v);
+    }
+    Ok(())
+}
+
+/// Check one TLS or TCP connection (before anything is forwarded). `Err` carries the reason
+/// for the log; the caller closes the connection.
+pub async fn check_connection(
+    proxy: &Arc<Proxy>,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    protocol: Protocol,
+    sni: Option<&str>,
+    port: u16,
+    destination_ip: Option<IpAddr>,
+) -> Result<(), &'static str> {
+    let pol = &rt.policy;
+    if pol.is_empty() {
+        return Ok(());
+    }
+    let principal = principal(proxy, conn);
+    let a = Attrs {
+        source_ip: Some(conn.peer.ip()),
+        remote_ip: Some(conn.peer.ip()),
+        principal,
+        destination_ip,
+        sni,
+        ..Attrs::connection(protocol, port)
+    };
+    // CUSTOM with an HTTP authorizer cannot judge a connection (Istio's TCP ext_authz needs a
+    // gRPC provider): a matching CUSTOM policy closes it rather than letting it through.
+    if let Some(custom) = pol.authz.custom(&a)
+        && !custom.dry_run
+    {
+        report(
+            proxy,
+            conn,
+            &a,
+            "deny",
+            "ext_authz_not_for_tcp",
+            &custom.policy,
+            0,
+        );
+        tracing::info!(target: "policy", policy = %custom.policy, sni = sni.unwrap_or("-"), port, "CUSTOM policy matches a TLS/TCP connection; an HTTP authorizer cannot check it: closed");
+        return Err("ext_authz_not_for_tcp");
+    }
+    let e = pol.authz.evaluate(&a);
+    report_shadow(proxy, conn, &a, &e);
+    if !e.verdict.allowed() {
+        report(
+            proxy,
+            conn,
+            &a,
+            "deny",
+            e.verdict.reason(),
+            e.verdict.policy(),
+            0,
+        );
+        tracing::info!(target: "policy", policy = e.verdict.policy(), reason = e.verdict.reason(), principal = principal.unwrap_or("-"), sni = sni.unwrap_or("-"), port, "RBAC: connection denied");
+        return Err(e.verdict.reason());
+    }
+    report(
+        proxy,
+        conn,
+        &a,
+        "allow",
+        e.verdict.reason(),
+        e.verdict.policy(),
+        0,
+    );
+    Ok(())
+}
