@@ -65,6 +65,35 @@ pub struct SidecarArgs {
     /// `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// Policy options common to both roles.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// Write audit records (JSON lines: every denial, AUDIT matches, dry-run results) to this
+    /// file instead of the log (target `audit`).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Also record allowed decisions (of a proxy that has policies).
+    #[arg(long)]
+    audit_allowed: bool,
+}
+
+/// The policy state shared by all configuration snapshots of this process.
+fn policy_shared(a: &PolicyArgs) -> Result<Arc<egret_proxy::policy::enforce::Shared>, ExitCode> {
+    let audit = match &a.audit_log {
+        Some(path) => match egret_proxy::policy::audit::AuditLog::to_file(path, a.audit_allowed) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("egret: --audit-log {}: {e}", path.display());
+                return Err(ExitCode::from(2));
+            }
+        },
+        None => egret_proxy::policy::audit::AuditLog::to_log(a.audit_allowed),
+    };
+    Ok(egret_proxy::policy::enforce::Shared::new(audit))
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +145,8 @@ pub struct GatewayArgs {
     log_level: String,
     #[arg(long, default_value = "text")]
     log_format: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 /// `egret gateway`: the same engine in gateway role.
@@ -164,6 +195,10 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
         Ok(m) => m,
         Err(code) => return code,
     };
+    let policy = match policy_shared(&a.policy) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let opts = SidecarOptions {
         source: SourceConfig {
             paths: a.config,
@@ -179,7 +214,7 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
                 dir: a.credentials_dir,
             },
             poll: Duration::from_millis(a.config_poll_ms.max(50)),
-            policy: Default::default(),
+            policy,
         },
         outbound: None,
         explicit: None,
@@ -277,6 +312,10 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         Ok(m) => m,
         Err(code) => return code,
     };
+    let policy = match policy_shared(&a.policy) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let opts = SidecarOptions {
         source: SourceConfig {
             paths: a.config,
@@ -292,7 +331,7 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
                 dir: a.credentials_dir,
             },
             poll: Duration::from_millis(a.config_poll_ms.max(50)),
-            policy: Default::default(),
+            policy,
         },
         outbound: (a.outbound_port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], a.outbound_port))),
         explicit: (a.proxy_port != 0).then(|| SocketAddr::new(a.proxy_bind, a.proxy_port)),
