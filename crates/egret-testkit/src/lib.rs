@@ -3,6 +3,7 @@
 //! - [`ca`]: a throw-away certificate authority ([`ca::TestCa`]).
 //! - [`netns`]: network namespaces and the four-namespace [`netns::Topology`] (root only) of
 //!   DESIGN.md "Testing layers", item 5.
+//! - [`jwt`]: a throw-away JWT issuer ([`jwt::TestIssuer`]): JWKS, signed and bad tokens.
 //! - [`dns`]: dnsmasq answering `.test` names inside a namespace.
 //! - [`nginx`]: Debian's nginx as the external HTTPS (and mTLS) service.
 //! - [`server`]: egret-test-server (`/delay/N`, `/status/N`, `/headers`, `/echo`), as a
@@ -14,6 +15,7 @@
 
 pub mod ca;
 pub mod dns;
+pub mod jwt;
 pub mod netns;
 pub mod nginx;
 pub mod process;

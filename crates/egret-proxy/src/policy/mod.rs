@@ -12,6 +12,8 @@
 
 pub mod attrs;
 pub mod authz;
+pub mod jwks;
+pub mod jwt;
 pub mod normalize;
 
 pub use attrs::{Attrs, Protocol, RequestAuth, istio_match, principal_of};
