@@ -8,6 +8,7 @@
 //! - [`nginx`]: Debian's nginx as the external HTTPS (and mTLS) service.
 //! - [`server`]: egret-test-server (`/delay/N`, `/status/N`, `/headers`, `/echo`), as a
 //!   process in a namespace or in-process.
+//! - [`redis`]: redis-server on a free local port, stoppable and restartable ([`redis::Redis`]).
 //! - [`process`]: commands with deadlines, kill-on-drop children, temp dirs, preflight.
 //!
 //! The namespace helpers fail loudly: not root, or a program missing, is an error that the
@@ -19,6 +20,7 @@ pub mod jwt;
 pub mod netns;
 pub mod nginx;
 pub mod process;
+pub mod redis;
 pub mod server;
 
 pub use ca::{CertPair, TestCa};

@@ -15,5 +15,7 @@ pub mod authz;
 pub mod jwks;
 pub mod jwt;
 pub mod normalize;
+pub mod ratelimit;
+pub mod redis;
 
 pub use attrs::{Attrs, Protocol, RequestAuth, istio_match, principal_of};
