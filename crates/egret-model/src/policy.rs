@@ -175,11 +175,19 @@ pub fn authorization(set: &ConfigSet, proxy: &ProxyIdentity, root_ns: &str) -> V
     out
 }
 
+/// RequestAuthentications for this proxy — gateways only. In Istio a RequestAuthentication
+/// checks tokens on requests *into* the selected workload; a sidecar's traffic in egret is what
+/// the workload sends, whose `Authorization` belongs to the external API it calls (an API key,
+/// a partner's token): checking it against the mesh's issuers would turn every such call into
+/// a 401. The egress gateway is where RequestAuthentication applies.
 pub fn request_authentication(
     set: &ConfigSet,
     proxy: &ProxyIdentity,
     root_ns: &str,
 ) -> Vec<RequestAuthn> {
+    if proxy.role != crate::identity::Role::Gateway {
+        return Vec::new();
+    }
     let mut out: Vec<RequestAuthn> = set
         .request_authentications
         .iter()

@@ -166,7 +166,8 @@ impl Runtime {
                 Err(e) => errors.push(format!("uriRegexRewrite.match {pattern:?}: {e}")),
             }
         }
-        let policy = match crate::policy::enforce::PolicyRuntime::new(&snapshot, policy) {
+        let activate = errors.is_empty();
+        let policy = match crate::policy::enforce::PolicyRuntime::new(&snapshot, policy, activate) {
             Ok(p) => Some(p),
             Err(e) => {
                 errors.extend(e);

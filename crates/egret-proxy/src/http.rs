@@ -132,6 +132,24 @@ async fn route_and_forward(
     conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> (Response<RespBody>, Outcome, String) {
+    let mut rate_headers = None;
+    let (mut resp, out, authority) =
+        policy_route_forward(proxy, conn, req, &mut rate_headers).await;
+    // `x-ratelimit-*` of the tightest rate limit that applied.
+    if let Some(h) = rate_headers {
+        for (k, v) in &h {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    (resp, out, authority)
+}
+
+async fn policy_route_forward(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    req: Request<Incoming>,
+    rate_headers: &mut Option<http::HeaderMap>,
+) -> (Response<RespBody>, Outcome, String) {
     let mut out = Outcome {
         status: 0,
         flags: "-",
@@ -192,13 +210,14 @@ async fn route_and_forward(
         );
     }
     let rt = proxy.state.load_full();
-    if let Err(d) =
-        crate::policy::enforce::check_http(proxy, &rt, conn, &mut req, &host, port).await
-    {
-        out.status = d.status;
-        out.flags = d.flags;
-        out.details = d.details;
-        return (d.response, out, authority);
+    match crate::policy::enforce::check_http(proxy, &rt, conn, &mut req, &host, port).await {
+        Ok(h) => *rate_headers = h,
+        Err(d) => {
+            out.status = d.status;
+            out.flags = d.flags;
+            out.details = d.details;
+            return (d.response, out, authority);
+        }
     }
     let snap = &rt.snapshot;
     let vhost = snap.listener(port).and_then(|l| l.virtual_host(&host));

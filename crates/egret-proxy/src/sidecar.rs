@@ -180,7 +180,9 @@ pub async fn start(
     opts: SidecarOptions,
     set_log_level: Option<SetLogLevel>,
 ) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    opts.source.policy.ratelimit.register(&mut metrics.registry);
+    let metrics = Arc::new(metrics);
     let baseline = {
         let src = opts.source.clone();
         tokio::task::spawn_blocking(move || config::fingerprint(&src))

@@ -16,6 +16,7 @@
 
 pub mod ca;
 pub mod dns;
+pub mod fn_server;
 pub mod jwt;
 pub mod netns;
 pub mod nginx;
@@ -25,6 +26,7 @@ pub mod server;
 
 pub use ca::{CertPair, TestCa};
 pub use dns::{Dns, DnsRecord};
+pub use fn_server::FnServer;
 pub use netns::{Mode, Netns, SecondGateway, Topology, addrs};
 pub use nginx::{Nginx, NginxConfig};
 pub use process::{CmdOutput, Process, TempDir, preflight};

@@ -79,6 +79,12 @@ pub struct PolicyArgs {
     /// Also record allowed decisions (of a proxy that has policies).
     #[arg(long)]
     audit_allowed: bool,
+    /// Extra CA certificates (PEM) trusted for `https` `jwksUri`s besides the system roots.
+    #[arg(long)]
+    jwks_ca_file: Option<PathBuf>,
+    /// How often remote JWKS are fetched again (Istio's default: 20 minutes).
+    #[arg(long, default_value_t = 1200)]
+    jwks_refresh_seconds: u64,
 }
 
 /// The policy state shared by all configuration snapshots of this process.
@@ -93,7 +99,15 @@ fn policy_shared(a: &PolicyArgs) -> Result<Arc<egret_proxy::policy::enforce::Sha
         },
         None => egret_proxy::policy::audit::AuditLog::to_log(a.audit_allowed),
     };
-    Ok(egret_proxy::policy::enforce::Shared::new(audit))
+    let jwks = egret_proxy::policy::jwks::JwksCacheOptions {
+        refresh_interval: Duration::from_secs(a.jwks_refresh_seconds.max(1)),
+        extra_ca_file: a.jwks_ca_file.clone(),
+        ..Default::default()
+    };
+    egret_proxy::policy::enforce::Shared::new(audit, jwks).map_err(|e| {
+        eprintln!("egret: --jwks-ca-file: {e}");
+        ExitCode::from(2)
+    })
 }
 
 #[derive(Args, Debug)]

@@ -16,18 +16,31 @@ use super::attrs::{Attrs, Protocol, principal_of};
 use super::audit::{AuditLog, Record};
 use super::authz::{Authorizer, Verdict};
 use super::ext_authz::{CustomDecision, HttpAuthorizer};
+use super::jwks::{JwksCache, JwksCacheOptions};
+use super::jwt::JwtAuthenticator;
+use super::ratelimit::{Decision as RateDecision, RateLimitState, RateLimiter};
 use crate::config::Runtime;
 use crate::http::{RespBody, local};
 use crate::proxy::{ConnInfo, Mode, Proxy};
 
-/// Policy state that outlives configuration snapshots (one per process).
+/// Policy state that outlives configuration snapshots (one per process): the audit log,
+/// remote JWKS (fetched once, refreshed in the background, kept across reloads) and rate-limit
+/// buckets and Redis connections (so a reload does not refill a bucket).
 pub struct Shared {
     pub audit: AuditLog,
+    /// `None` only if the cache could not be created (then a `jwksUri` rule is a config error).
+    pub jwks: Option<Arc<JwksCache>>,
+    pub ratelimit: Arc<RateLimitState>,
 }
 
 impl Shared {
-    pub fn new(audit: AuditLog) -> Arc<Shared> {
-        Arc::new(Shared { audit })
+    pub fn new(audit: AuditLog, jwks: JwksCacheOptions) -> Result<Arc<Shared>, String> {
+        let jwks = JwksCache::new(jwks).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Shared {
+            audit,
+            jwks: Some(jwks),
+            ratelimit: Arc::new(RateLimitState::new()),
+        }))
     }
 }
 
@@ -35,6 +48,8 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             audit: AuditLog::to_log(false),
+            jwks: JwksCache::new(JwksCacheOptions::default()).ok(),
+            ratelimit: Arc::new(RateLimitState::new()),
         }
     }
 }
@@ -50,19 +65,41 @@ pub struct PolicyRuntime {
     pub authz: Authorizer,
     /// `envoyExtAuthzHttp` providers by name.
     pub providers: HashMap<String, Arc<HttpAuthorizer>>,
+    /// RequestAuthentication `jwtRules` (gateways; see `egret_model::policy`).
+    pub jwt: JwtAuthenticator,
+    pub jwks: Option<Arc<JwksCache>>,
+    pub ratelimit: RateLimiter,
 }
 
 impl PolicyRuntime {
-    pub fn new(snapshot: &Snapshot, _shared: &Shared) -> Result<PolicyRuntime, Vec<String>> {
+    /// Compile; `activate`: also start fetching the key sets this snapshot needs (and stop
+    /// refreshing those it no longer names) — only for a snapshot about to be served.
+    pub fn new(
+        snapshot: &Snapshot,
+        shared: &Shared,
+        activate: bool,
+    ) -> Result<PolicyRuntime, Vec<String>> {
+        let jwt = JwtAuthenticator::compile(&snapshot.request_authentications)
+            .map_err(|e| vec![e.to_string()])?;
+        if !jwt.sources().is_empty() && shared.jwks.is_none() {
+            return Err(vec!["jwksUri: the JWKS cache is not available".into()]);
+        }
+        if activate && let Some(cache) = &shared.jwks {
+            cache.ensure(jwt.sources().iter().cloned());
+            cache.retain(&jwt.uris());
+        }
         Ok(PolicyRuntime {
             authz: Authorizer::new(&snapshot.authorization_policies),
             providers: HttpAuthorizer::from_providers(&snapshot.mesh.extension_providers),
+            jwt,
+            jwks: shared.jwks.clone(),
+            ratelimit: RateLimiter::new(&snapshot.rate_limits, &shared.ratelimit),
         })
     }
 
     /// Nothing to check: the data path skips policy entirely.
     pub fn is_empty(&self) -> bool {
-        self.authz.is_empty()
+        self.authz.is_empty() && self.jwt.is_empty() && self.ratelimit.is_empty()
     }
 }
 
@@ -161,9 +198,10 @@ fn rbac_denied() -> http::Response<RespBody> {
     local(StatusCode::FORBIDDEN, "RBAC: access denied")
 }
 
-/// Check one HTTP request: CUSTOM, then DENY/ALLOW. `host` and the request's path are
-/// already normalized. On success the request may carry headers the external authorizer
-/// added.
+/// Check one HTTP request: JWT, CUSTOM, DENY/ALLOW, rate limits. `host` and the request's
+/// path are already normalized. On success the request may carry headers the JWT rules and
+/// the external authorizer set, and the answer holds `x-ratelimit-*` headers for the response
+/// when a limit applied.
 pub async fn check_http(
     proxy: &Arc<Proxy>,
     rt: &Runtime,
@@ -171,14 +209,77 @@ pub async fn check_http(
     req: &mut Request<Incoming>,
     host: &str,
     port: u16,
-) -> Result<(), Denial> {
+) -> Result<Option<http::HeaderMap>, Denial> {
     let pol = &rt.policy;
     if pol.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let principal = principal(proxy, conn);
+
+    // 0. RequestAuthentication: an invalid token is 401; no token is no request principal.
+    let mut authenticated = None;
+    if !pol.jwt.is_empty()
+        && let Some(keys) = &pol.jwks
+    {
+        // Claim headers come from the verified token only, never from the client.
+        pol.jwt.strip_output_headers(req.headers_mut());
+        match pol.jwt.authenticate(
+            req.headers(),
+            req.uri().query(),
+            std::time::SystemTime::now(),
+            keys,
+        ) {
+            Ok(a) => authenticated = a,
+            Err(e) => {
+                let a = Attrs {
+                    protocol: Protocol::Http,
+                    source_ip: Some(conn.peer.ip()),
+                    remote_ip: Some(conn.peer.ip()),
+                    principal,
+                    destination_ip: conn.orig_dst.map(|d| d.ip()),
+                    destination_port: port,
+                    sni: conn.sni.as_deref(),
+                    host: Some(host),
+                    method: Some(method.as_str()),
+                    path: Some(&path),
+                    headers: None,
+                    auth: None,
+                };
+                report(proxy, conn, &a, "deny", e.reason(), "-", 401);
+                tracing::info!(target: "policy", reason = e.reason(), principal = principal.unwrap_or("-"), host, path, "JWT rejected: 401");
+                let mut response = local(StatusCode::UNAUTHORIZED, e.body());
+                if let Ok(v) = HeaderValue::from_str(e.www_authenticate()) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                return Err(Denial {
+                    response,
+                    status: 401,
+                    flags: "-",
+                    details: "jwt_authn_access_denied",
+                });
+            }
+        }
+        if let Some(auth) = &authenticated {
+            // forwardOriginalToken / outputPayloadToHeader / outputClaimToHeaders.
+            auth.apply_to_headers(req.headers_mut());
+            if let Some(q) = req.uri().query().and_then(|q| auth.rewrite_query(q)) {
+                let pq = if q.is_empty() {
+                    path.clone()
+                } else {
+                    format!("{path}?{q}")
+                };
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = pq.parse().ok();
+                if let Ok(u) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = u;
+                }
+            }
+        }
+    }
     let a = Attrs {
         protocol: Protocol::Http,
         source_ip: Some(conn.peer.ip()),
@@ -191,7 +292,7 @@ pub async fn check_http(
         method: Some(method.as_str()),
         path: Some(&path),
         headers: Some(req.headers()),
-        auth: None,
+        auth: authenticated.as_ref().map(|x| &x.auth),
     };
 
     // 1. CUSTOM: the external authorizer decides first; a denial stops here.
@@ -294,11 +395,39 @@ pub async fn check_http(
         e.verdict.policy(),
         0,
     );
+
+    // 6. Rate limits, for what policy let through.
+    let mut rate_headers = None;
+    if !pol.ratelimit.is_empty() {
+        let d = pol.ratelimit.check(&a).await;
+        if let RateDecision::Limited {
+            limit_name, policy, ..
+        } = &d
+        {
+            let name = format!("{policy}/{limit_name}");
+            report(proxy, conn, &a, "deny", "rate_limited", &name, 429);
+            tracing::info!(target: "policy", limit = %name, principal = principal.unwrap_or("-"), host, path, "rate limited: 429");
+            let mut response = local(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited");
+            for (k, v) in &d.response_headers() {
+                response.headers_mut().insert(k.clone(), v.clone());
+            }
+            return Err(Denial {
+                response,
+                status: 429,
+                flags: "RL",
+                details: "rate_limited",
+            });
+        }
+        let h = d.response_headers();
+        if !h.is_empty() {
+            rate_headers = Some(h);
+        }
+    }
     let h = req.headers_mut();
     for (n, v) in add {
         h.insert(n, v);
     }
-    Ok(())
+    Ok(rate_headers)
 }
 
 /// Check one TLS or TCP connection (before anything is forwarded). `Err` carries the reason
@@ -366,5 +495,15 @@ pub async fn check_connection(
         e.verdict.policy(),
         0,
     );
+    if !pol.ratelimit.is_empty()
+        && let RateDecision::Limited {
+            limit_name, policy, ..
+        } = pol.ratelimit.check(&a).await
+    {
+        let name = format!("{policy}/{limit_name}");
+        report(proxy, conn, &a, "deny", "rate_limited", &name, 0);
+        tracing::info!(target: "policy", limit = %name, principal = principal.unwrap_or("-"), sni = sni.unwrap_or("-"), port, "rate limited: new connection refused");
+        return Err("rate_limited");
+    }
     Ok(())
 }

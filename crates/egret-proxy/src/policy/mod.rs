@@ -11,7 +11,10 @@
 //! lookups and string comparisons, never a lock held across an `.await`.
 
 pub mod attrs;
+pub mod audit;
 pub mod authz;
+pub mod enforce;
+pub mod ext_authz;
 pub mod jwks;
 pub mod jwt;
 pub mod normalize;
