@@ -60,9 +60,11 @@ const FAIL_CLOSED_RETRY: Duration = Duration::from_secs(1);
 /// KEYS[i] is the key prefix of limit i (`egret:rl:<policy>:<limit>:<descriptor>`), ARGV[i]
 /// its window in milliseconds. The key of the current window is `<prefix>:<window index>`;
 /// the first hit sets its expiry at the window's end. Returns `{count, ms to window end}` per
-/// key, flattened. TIME before writes needs effect replication: Redis 5 and later.
+/// key, flattened. TIME before writes needs effect replication, which Redis 3.2 and 4 only
+/// use when asked (`redis.replicate_commands()`; a no-op from Redis 5, always on from 7).
 pub const FIXED_WINDOW_SCRIPT: Script = Script {
-    source: r#"local t = redis.call('TIME')
+    source: r#"if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i, prefix in ipairs(KEYS) do

@@ -1,6 +1,8 @@
 //! The authorizer against Istio's own examples (`shared/conformance/istio-samples` 19–21) and
 //! the semantics table of `istio-egress-spec.md` §6.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::IpAddr;
 
 use egret_config::ConfigSet;
