@@ -43,6 +43,17 @@ pub fn build(set: &ConfigSet, proxy: &ProxyIdentity, generated: Vec<String>) -> 
         Role::Sidecar => sidecar_listeners(&scope, &default_retry, &mut refs),
         Role::Gateway => gateway_listeners(&scope, &default_retry, &mut refs),
     };
+    // External authorizers (`envoyExtAuthzHttp`) are reached like any service: a cluster for
+    // `service:port`, so a ServiceEntry can give their endpoints.
+    for p in &set.mesh.extension_providers {
+        if let Some(h) = &p.envoy_ext_authz_http
+            && let (Some(service), Some(port)) =
+                (&h.service, h.port.and_then(|p| u16::try_from(p).ok()))
+        {
+            let host = service.rsplit('/').next().unwrap_or(service);
+            refs.push((host.to_string(), port, None));
+        }
+    }
     let mut seen = BTreeSet::new();
     let mut cluster_list = Vec::new();
     for (h, p, s) in refs {

@@ -546,3 +546,394 @@ fn policy_tls_passthrough_by_principal_and_sni() -> Result<()> {
     gw.wait_for_line(&["RBAC: connection denied", "team-b", "api.test"])?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Istio's AuthorizationPolicy / RequestAuthentication examples 19–23 at the gateway
+// ---------------------------------------------------------------------------------------------
+
+/// A sample from `../shared/conformance/istio-samples/`, with the replacements that move it
+/// from its Istio workload (`foo/httpbin`, the ingress gateway) to this egress gateway.
+fn sample(file: &str, replacements: &[(&str, &str)]) -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/conformance/istio-samples")
+        .join(file);
+    let mut text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read {} (the shared samples sit beside the repo)",
+            path.display()
+        )
+    })?;
+    for (from, to) in replacements {
+        ensure!(text.contains(from), "{file} no longer contains {from:?}");
+        text = text.replace(from, to);
+    }
+    Ok(text)
+}
+
+/// Policies of a sample, applied to the egress gateway: its namespace becomes the gateway's,
+/// and a policy without selector gets the gateway's (a root-namespace policy without selector
+/// would apply to every sidecar too).
+const TO_GATEWAY: &[(&str, &str)] = &[("namespace: foo\n", "namespace: istio-system\n")];
+
+/// The gateway Service with a third port (8080, for sample 20).
+const GATEWAY_SERVICE_8080: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  hosts:
+  - istio-egressgateway.istio-system.svc.cluster.local
+  location: MESH_INTERNAL
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 8080, name: http-alt, protocol: HTTP}
+  resolution: STATIC
+  endpoints:
+  - address: 198.51.100.2
+    labels: {istio: egressgateway}
+";
+
+/// httpbin.test on ports 80 and 8080 through the gateway (istio.io's egress-gateway pattern).
+const HTTPBIN: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.test]
+  exportTo: [\"*\"]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 8080, name: http-alt, protocol: HTTP}
+  resolution: DNS
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress-httpbin, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [httpbin.test]
+  - port: {number: 8080, name: http-alt, protocol: HTTP}
+    hosts: [httpbin.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-through-gateway, namespace: default}
+spec:
+  hosts: [httpbin.test]
+  gateways: [mesh, istio-system/egress-httpbin]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 80}}}]
+  - match: [{gateways: [mesh], port: 8080}]
+    route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 8080}}}]
+  - match: [{gateways: [istio-system/egress-httpbin], port: 80}]
+    route: [{destination: {host: httpbin.test, port: {number: 80}}}]
+  - match: [{gateways: [istio-system/egress-httpbin], port: 8080}]
+    route: [{destination: {host: httpbin.test, port: {number: 8080}}}]
+";
+
+/// Samples 19, 20, 21, 22 and 23 one after the other on one gateway (reconfigured between
+/// them), callers sleep/default and team-b/curl, the path-normalization table against a DENY
+/// on `/admin*`, and a dry-run DENY that only records.
+#[test]
+fn policy_samples_19_to_23_at_the_gateway() -> Result<()> {
+    let topo = policy_topology("polsam")?;
+    let team_b = topo.add_workload("polsam")?;
+    let _dns = start_dns(
+        &topo,
+        &[
+            ("httpbin.test", addrs::EXTERNAL),
+            ("jwks.test", addrs::EXTERNAL_2),
+        ],
+    )?;
+    let _echo80 = echo(&topo, sa(addrs::EXTERNAL, 80))?;
+    let _echo8080 = echo(&topo, sa(addrs::EXTERNAL, 8080))?;
+    let authz = FnServer::ext_authz(Some(&topo.external), sa(addrs::EXTERNAL_3, 9000))?;
+    let google = TestIssuer::ec("google-key")?;
+    let foo = TestIssuer::rsa("foo-key")?;
+    let _jwks = jwks_server(&topo, sa(addrs::EXTERNAL_2, 8000), foo.jwks_json())?;
+    let base = format!("{GATEWAY_SERVICE_8080}---\n{HTTPBIN}");
+
+    let ca = MeshCa::new("polsam-ca")?;
+    let gw = Gateway::start(
+        &topo.gateway,
+        Files::new("polsam-gw")?,
+        &ca,
+        &base,
+        GatewayOptions {
+            labels: GATEWAY_LABELS,
+            ..GatewayOptions::default()
+        },
+    )?;
+    let _app = sidecar(&topo.app, Files::new("polsam-app")?, &ca, SLEEP, &base, &[])?;
+    let _b = sidecar(
+        &team_b,
+        Files::new("polsam-b")?,
+        &ca,
+        ("team-b", "curl"),
+        &base,
+        &[],
+    )?;
+    let status = |ns: &egret_testkit::netns::Netns, args: &[&str]| -> Result<u16> {
+        Ok(curl(ns, args)?.status)
+    };
+    let url = "http://httpbin.test";
+
+    // --- 19: ALLOW (sleep's principal OR namespace team-b) AND (GET /info* OR POST /data)
+    //         AND the token's iss is Google's.
+    let s19 = sample(
+        "19-api-authz-allow-from-to-when.yaml",
+        &[
+            TO_GATEWAY[0],
+            ("namespaces: [\"test\"]", "namespaces: [\"team-b\"]"),
+            (
+                "https://accounts.google.com",
+                "https://accounts.google.test",
+            ),
+        ],
+    )?;
+    let authn = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: google, namespace: istio-system}}
+spec:
+  jwtRules:
+  - issuer: https://accounts.google.test
+    jwks: '{}'
+",
+        google.jwks_json()
+    );
+    gw.reconfigure(&format!("{base}---\n{s19}---\n{authn}"))?;
+    let tok = google.sign(&claims("https://accounts.google.test", "user-1"))?;
+    let h = bearer(&tok);
+    let rogue =
+        TestIssuer::ec("google-key")?.sign(&claims("https://accounts.google.test", "user-1"))?;
+    for (who, ns, method, path, auth, want) in [
+        ("sleep", &topo.app, "GET", "/info", Some(h.as_str()), 200),
+        (
+            "sleep",
+            &topo.app,
+            "GET",
+            "/info/deep?x=1",
+            Some(h.as_str()),
+            200,
+        ),
+        ("team-b", &team_b, "POST", "/data", Some(h.as_str()), 200),
+        ("sleep", &topo.app, "POST", "/info", Some(h.as_str()), 403),
+        ("sleep", &topo.app, "GET", "/data", Some(h.as_str()), 403),
+        ("sleep", &topo.app, "GET", "/info", None, 403),
+        (
+            "sleep",
+            &topo.app,
+            "GET",
+            "/info",
+            Some(&bearer(&rogue)),
+            401,
+        ),
+    ] {
+        let target = format!("{url}{path}");
+        let mut args = vec!["-X", method, target.as_str()];
+        if let Some(a) = auth {
+            args.extend(["-H", a]);
+        }
+        let got = status(ns, &args)?;
+        ensure!(
+            got == want,
+            "19: {who} {method} {path} token={}: {got}, want {want}",
+            auth.is_some()
+        );
+    }
+
+    // --- 20: DENY POST on port 8080 only.
+    gw.reconfigure(&format!(
+        "{base}---\n{}",
+        sample("20-api-authz-deny-port-scoped.yaml", TO_GATEWAY)?
+    ))?;
+    ensure!(
+        status(&topo.app, &["-X", "POST", "http://httpbin.test:8080/post"])? == 403,
+        "20: POST :8080"
+    );
+    ensure!(
+        status(&topo.app, &["http://httpbin.test:8080/get"])? == 200,
+        "20: GET :8080"
+    );
+    ensure!(
+        status(&topo.app, &["-X", "POST", "http://httpbin.test/post"])? == 200,
+        "20: POST :80"
+    );
+
+    // --- 21: allow-nothing.
+    gw.reconfigure(&format!(
+        "{base}---\n{}",
+        sample(
+            "21-api-authz-allow-nothing.yaml",
+            &[(" namespace: foo\n", " namespace: istio-system\n")]
+        )?
+    ))?;
+    for ns in [&topo.app, &team_b] {
+        let r = curl(ns, &[&format!("{url}/get")])?;
+        ensure!(
+            (r.status, r.body.as_str()) == (403, "RBAC: access denied"),
+            "21: {r:?}"
+        );
+    }
+
+    // --- 22: CUSTOM for /admin/* through Istio's ext-authz sample server.
+    let providers = format!(
+        "apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+spec:
+  meshConfig:
+    extensionProviders:
+    - name: my-custom-authz
+      envoyExtAuthzHttp:
+        service: ext-authz.test
+        port: 9000
+        includeRequestHeadersInCheck: [x-ext-authz]
+        headersToUpstreamOnAllow: [x-ext-authz-check-result]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext-authz, namespace: istio-system}}
+spec:
+  hosts: [ext-authz.test]
+  ports: [{{number: 9000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {}}}]
+",
+        addrs::EXTERNAL_3
+    );
+    gw.reconfigure(&format!(
+        "{base}---\n{providers}---\n{}",
+        sample(
+            "22-api-authz-custom-ext-authz.yaml",
+            &[("app: istio-ingressgateway", "app: istio-egressgateway")]
+        )?
+    ))?;
+    let r = curl(
+        &topo.app,
+        &["-H", "x-ext-authz: allow", &format!("{url}/admin/users")],
+    )?;
+    ensure!(
+        r.status == 200 && r.body.contains("x-ext-authz-check-result: allowed"),
+        "22 allowed: {r:?}"
+    );
+    let r = curl(
+        &topo.app,
+        &["-H", "x-ext-authz: deny", &format!("{url}/admin/users")],
+    )?;
+    ensure!(
+        r.status == 403 && r.body.contains("denied by ext_authz"),
+        "22 denied: {r:?}"
+    );
+    ensure!(
+        status(&topo.app, &[&format!("{url}/public")])? == 200,
+        "22: /public is not checked"
+    );
+    ensure!(
+        authz.requests() == 2,
+        "the authorizer saw {} checks",
+        authz.requests()
+    );
+
+    // --- 23: RequestAuthentication (jwksUri) + ALLOW requestPrincipals ["*"].
+    gw.reconfigure(&format!(
+        "{base}---\n{}",
+        sample(
+            "23-api-requestauthn-require-jwt.yaml",
+            &[
+                TO_GATEWAY[0],
+                ("app: httpbin", "app: istio-egressgateway"),
+                (
+                    "https://example.com/.well-known/jwks.json",
+                    "http://jwks.test:8000/jwks.json"
+                ),
+            ]
+        )?
+    ))?;
+    let good = foo.sign(&claims("issuer-foo", "alice"))?;
+    let bad = TestIssuer::rsa("foo-key")?.sign(&claims("issuer-foo", "alice"))?;
+    let get = format!("{url}/get");
+    wait_until(
+        "the gateway to fetch issuer-foo's JWKS",
+        Duration::from_secs(10),
+        || Ok((status(&topo.app, &["-H", &bearer(&good), &get])? == 200).then_some(())),
+    )?;
+    ensure!(
+        status(&topo.app, &["-H", &bearer(&bad), &get])? == 401,
+        "23: invalid token"
+    );
+    ensure!(status(&topo.app, &[&get])? == 403, "23: no token");
+
+    // --- The path-normalization table (through sidecar and gateway) against a DENY on
+    //     /admin*, plus a dry-run DENY that only records.
+    let deny_admin = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: egressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ['/admin*']}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: would-deny-delete
+  namespace: istio-system
+  annotations: {istio.io/dry-run: \"true\"}
+spec:
+  selector: {matchLabels: {istio: egressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [DELETE]}}]
+";
+    gw.reconfigure(&format!("{base}---\n{deny_admin}"))?;
+    for path in [
+        "/admin",
+        "/allowed/../admin",
+        "//admin",
+        "/%61dmin",
+        "/%2Fadmin",
+        "/x/..%2Fadmin",
+    ] {
+        let r = curl(&topo.app, &["--path-as-is", &format!("{url}{path}")])?;
+        ensure!(
+            (r.status, r.body.as_str()) == (403, "RBAC: access denied"),
+            "{path}: {r:?}"
+        );
+    }
+    let r = curl(&topo.app, &["--path-as-is", &format!("{url}/Admin")])?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("GET /Admin\n"),
+        "/Admin is another path: {r:?}"
+    );
+    let r = curl(
+        &topo.app,
+        &["--path-as-is", &format!("{url}/a//b/./c/../d")],
+    )?;
+    ensure!(
+        r.status == 200 && r.body.starts_with("GET /a/b/d\n"),
+        "forwarded normalized: {r:?}"
+    );
+    let r = curl(&topo.app, &["-X", "DELETE", &format!("{url}/thing")])?;
+    ensure!(r.status == 200, "dry-run never enforces: {r:?}");
+    gw.wait_for_line(&[
+        "dry-run policy would change this decision",
+        "would-deny-delete",
+    ])?;
+    let m = gw.metrics()?;
+    ensure!(
+        series(
+            &m,
+            "egret_policy_decisions_total{decision=\"dry_run_deny\",reason=\"denied_by_policy\",protocol=\"http\"}"
+        ) == 1,
+        "{m}"
+    );
+    Ok(())
+}
