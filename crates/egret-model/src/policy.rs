@@ -121,7 +121,8 @@ pub fn outbound_policy(scope: &Scope<'_>) -> OutboundPolicy {
 
 /// Does a policy in `ns` with this selector apply to the proxy? Policies in the root namespace
 /// apply mesh-wide; others to their own namespace. An absent selector selects every workload.
-fn applies(
+/// (RateLimitPolicy selects the same way.)
+pub(crate) fn applies(
     ns: &str,
     selector: Option<&std::collections::BTreeMap<String, String>>,
     proxy: &ProxyIdentity,

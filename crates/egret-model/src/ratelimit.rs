@@ -7,7 +7,6 @@
 //! here — the proxy refuses a snapshot with errors anyway, and a half-understood limit must
 //! never be enforced by accident.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use egret_config::ConfigSet;
@@ -179,19 +178,6 @@ impl Serialize for DescriptorKey {
     }
 }
 
-/// Does a policy in `ns` with this selector apply to the proxy? Policies in the root namespace
-/// apply mesh-wide; others to their own namespace. An absent selector selects every workload.
-/// (The rule of `policy::authorization`, kept here so rate limits select exactly like
-/// AuthorizationPolicy.)
-fn applies(
-    ns: &str,
-    selector: Option<&BTreeMap<String, String>>,
-    proxy: &ProxyIdentity,
-    root_ns: &str,
-) -> bool {
-    (ns == root_ns || ns == proxy.namespace) && selector.is_none_or(|s| proxy.selected_by(s))
-}
-
 /// The RateLimitPolicies that apply to this proxy, by `ns/name`. Policies left without a
 /// usable limit are dropped.
 pub fn rate_limits(
@@ -203,7 +189,7 @@ pub fn rate_limits(
         .rate_limit_policies
         .iter()
         .filter(|p| {
-            applies(
+            crate::policy::applies(
                 &p.meta.namespace,
                 p.spec.selector.as_ref().map(|s| &s.match_labels),
                 proxy,

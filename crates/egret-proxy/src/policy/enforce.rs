@@ -194,6 +194,32 @@ fn report_shadow(proxy: &Proxy, conn: &ConnInfo, a: &Attrs<'_>, e: &super::authz
     }
 }
 
+/// An HTTP request's attributes, without headers and token.
+fn request_attrs<'a>(
+    conn: &'a ConnInfo,
+    principal: Option<&'a str>,
+    port: u16,
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+) -> Attrs<'a> {
+    Attrs {
+        protocol: Protocol::Http,
+        source_ip: Some(conn.peer.ip()),
+        // No X-Forwarded-For is trusted (Istio's default `numTrustedProxies: 0`).
+        remote_ip: Some(conn.peer.ip()),
+        principal,
+        destination_ip: conn.orig_dst.map(|d| d.ip()),
+        destination_port: port,
+        sni: conn.sni.as_deref(),
+        host: Some(host),
+        method: Some(method),
+        path: Some(path),
+        headers: None,
+        auth: None,
+    }
+}
+
 fn rbac_denied() -> http::Response<RespBody> {
     local(StatusCode::FORBIDDEN, "RBAC: access denied")
 }
@@ -233,20 +259,7 @@ pub async fn check_http(
         ) {
             Ok(a) => authenticated = a,
             Err(e) => {
-                let a = Attrs {
-                    protocol: Protocol::Http,
-                    source_ip: Some(conn.peer.ip()),
-                    remote_ip: Some(conn.peer.ip()),
-                    principal,
-                    destination_ip: conn.orig_dst.map(|d| d.ip()),
-                    destination_port: port,
-                    sni: conn.sni.as_deref(),
-                    host: Some(host),
-                    method: Some(method.as_str()),
-                    path: Some(&path),
-                    headers: None,
-                    auth: None,
-                };
+                let a = request_attrs(conn, principal, port, host, method.as_str(), &path);
                 report(proxy, conn, &a, "deny", e.reason(), "-", 401);
                 tracing::info!(target: "policy", reason = e.reason(), principal = principal.unwrap_or("-"), host, path, "JWT rejected: 401");
                 let mut response = local(StatusCode::UNAUTHORIZED, e.body());
@@ -281,18 +294,9 @@ pub async fn check_http(
         }
     }
     let a = Attrs {
-        protocol: Protocol::Http,
-        source_ip: Some(conn.peer.ip()),
-        remote_ip: Some(conn.peer.ip()),
-        principal,
-        destination_ip: conn.orig_dst.map(|d| d.ip()),
-        destination_port: port,
-        sni: conn.sni.as_deref(),
-        host: Some(host),
-        method: Some(method.as_str()),
-        path: Some(&path),
         headers: Some(req.headers()),
         auth: authenticated.as_ref().map(|x| &x.auth),
+        ..request_attrs(conn, principal, port, host, method.as_str(), &path)
     };
 
     // 1. CUSTOM: the external authorizer decides first; a denial stops here.
