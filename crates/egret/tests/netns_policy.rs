@@ -2,12 +2,12 @@
 //! decides by the caller's mesh identity (from the sidecar → gateway mutual-TLS tunnel), the
 //! request, the JWT and the SNI — Istio's AuthorizationPolicy and RequestAuthentication
 //! samples 19–23 and the egress-gateway authorization scenario of sample 29 (rendered by hand
-//! with `.test` hosts), TLS passthrough decided by principal and SNI, path normalization,
-//! and rate limits shared by two gateway replicas through a real Redis.
+//! with `.test` hosts), TLS passthrough decided by principal and SNI, path normalization and
+//! dry-run. Rate limits shared by two gateway replicas through Redis: `netns_ratelimit.rs`.
 //!
 //! Topology as in `netns_gateway.rs` (see `netns_common::gateway`): the app namespace has no
 //! way out but the gateway; "the internet" is the external namespace.
-//! The tests need root, iproute2, iptables, curl, setpriv, dnsmasq, openssl and redis-server;
+//! The tests need root, iproute2, iptables, curl, setpriv, nginx, dnsmasq and openssl;
 //! without them they FAIL naming what is missing, never skip.
 
 mod netns_common;
