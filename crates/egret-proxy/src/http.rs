@@ -321,15 +321,21 @@ fn normalize_request(
             *req.uri_mut() = u;
         }
     }
-    if let Some(h) = req.headers().get(header::HOST) {
+    // The Host differs from its canonical form only by upper case, a trailing dot or userinfo:
+    // check the bytes first, so the common request allocates nothing.
+    let needs_rewrite = req.headers().get(header::HOST).is_some_and(|h| {
+        let b = h.as_bytes();
+        b.iter().any(u8::is_ascii_uppercase)
+            || b.ends_with(b".")
+            || b.windows(2).any(|w| w == b".:")
+            || b.contains(&b'@')
+    });
+    if needs_rewrite && !host.contains(':') {
         let canonical = match port {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        if h.as_bytes() != canonical.as_bytes()
-            && !host.contains(':')
-            && let Ok(v) = HeaderValue::from_str(&canonical)
-        {
+        if let Ok(v) = HeaderValue::from_str(&canonical) {
             req.headers_mut().insert(header::HOST, v);
         }
     }

@@ -181,7 +181,7 @@ pub async fn start(
     set_log_level: Option<SetLogLevel>,
 ) -> Result<Running, StartError> {
     let mut metrics = Metrics::new();
-    opts.source.policy.ratelimit.register(&mut metrics.registry);
+    opts.source.policy.register(&mut metrics.registry);
     let metrics = Arc::new(metrics);
     let baseline = {
         let src = opts.source.clone();

@@ -162,6 +162,14 @@ spec:
     let m = &sc.running.proxy.metrics;
     assert_eq!(m.policy_count("deny", "no_matching_allow", "tcp"), 1);
     assert_eq!(up.requests(), 0);
+    let text = m.encode();
+    for series in [
+        "egret_jwks_fetch_failures_total 0",
+        "egret_audit_records_dropped_total 0",
+        "egret_ratelimit_redis_errors_total 0",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
 }
 
 /// Sample 22's CUSTOM policy with Istio's ext-authz sample as the authorizer: requests to

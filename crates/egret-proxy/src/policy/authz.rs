@@ -301,6 +301,9 @@ struct CRule {
 struct Values<T> {
     is: Vec<T>,
     not: Vec<T>,
+    /// A value did not parse (validation rejects such configurations, so only a bug gets
+    /// here): the field matches nothing, rather than an emptied list matching everything.
+    broken: bool,
 }
 
 impl<T> Default for Values<T> {
@@ -308,13 +311,30 @@ impl<T> Default for Values<T> {
         Values {
             is: Vec::new(),
             not: Vec::new(),
+            broken: false,
         }
     }
 }
 
 impl<T> Values<T> {
     fn present(&self) -> bool {
-        !self.is.is_empty() || !self.not.is_empty()
+        !self.is.is_empty() || !self.not.is_empty() || self.broken
+    }
+
+    /// Parse both lists with `f`.
+    fn parsed(is: &[String], not: &[String], f: impl Fn(&str) -> Option<T>) -> Values<T> {
+        let mut broken = false;
+        let mut parse = |v: &[String]| -> Vec<T> {
+            v.iter()
+                .filter_map(|s| {
+                    let p = f(s);
+                    broken |= p.is_none();
+                    p
+                })
+                .collect()
+        };
+        let (is, not) = (parse(is), parse(not));
+        Values { is, not, broken }
     }
 }
 
@@ -323,6 +343,7 @@ impl Values<String> {
         Values {
             is: is.to_vec(),
             not: not.to_vec(),
+            broken: false,
         }
     }
 
@@ -336,14 +357,12 @@ impl Values<String> {
 
 impl Values<IpNet> {
     fn nets(is: &[String], not: &[String]) -> Values<IpNet> {
-        Values {
-            is: is.iter().filter_map(|s| parse_net(s)).collect(),
-            not: not.iter().filter_map(|s| parse_net(s)).collect(),
-        }
+        Values::parsed(is, not, parse_net)
     }
 
     fn check(&self, ip: Option<IpAddr>) -> bool {
-        (self.is.is_empty() || ip.is_some_and(|ip| self.is.iter().any(|n| n.contains(&ip))))
+        !self.broken
+            && (self.is.is_empty() || ip.is_some_and(|ip| self.is.iter().any(|n| n.contains(&ip))))
             && !ip.is_some_and(|ip| self.not.iter().any(|n| n.contains(&ip)))
     }
 }
@@ -369,7 +388,7 @@ struct CSource {
 struct COperation {
     /// Lower-cased: hosts match case-insensitively.
     hosts: Values<String>,
-    ports: Values<String>,
+    ports: Values<u16>,
     methods: Values<String>,
     paths: Values<PathPattern>,
 }
@@ -506,11 +525,12 @@ impl Key {
 
 impl CPolicy {
     fn compile(p: &AuthzPolicy) -> CPolicy {
+        let ns = p.name.split('/').next().unwrap_or_default();
         let rules: Option<Vec<CRule>> = p.rules.as_ref().map(|rules| {
             rules
                 .iter()
                 .map(|r| CRule {
-                    from: r.from.iter().map(compile_source).collect(),
+                    from: r.from.iter().map(|f| compile_source(f, ns)).collect(),
                     to: r.to.iter().map(compile_operation).collect(),
                     when: r.when.iter().map(compile_condition).collect(),
                 })
@@ -549,12 +569,27 @@ impl CPolicy {
     }
 }
 
-fn compile_source(s: &Source) -> CSource {
+/// `ns`: the policy's namespace, which a bare `serviceAccounts` value (`sa`) is in (Istio).
+fn compile_source(s: &Source, ns: &str) -> CSource {
+    let qualify = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .map(|sa| {
+                if sa.contains('/') {
+                    sa.clone()
+                } else {
+                    format!("{ns}/{sa}")
+                }
+            })
+            .collect()
+    };
     CSource {
         principals: Values::strings(&s.principals, &s.not_principals),
         request_principals: Values::strings(&s.request_principals, &s.not_request_principals),
         namespaces: Values::strings(&s.namespaces, &s.not_namespaces),
-        service_accounts: Values::strings(&s.service_accounts, &s.not_service_accounts),
+        service_accounts: Values::strings(
+            &qualify(&s.service_accounts),
+            &qualify(&s.not_service_accounts),
+        ),
         trust_domains: Values::strings(&s.trust_domains, &s.not_trust_domains),
         ip_blocks: Values::nets(&s.ip_blocks, &s.not_ip_blocks),
         remote_ip_blocks: Values::nets(&s.remote_ip_blocks, &s.not_remote_ip_blocks),
@@ -567,8 +602,9 @@ fn compile_operation(o: &Operation) -> COperation {
         hosts: Values {
             is: lower(&o.hosts),
             not: lower(&o.not_hosts),
+            broken: false,
         },
-        ports: Values::strings(&o.ports, &o.not_ports),
+        ports: Values::parsed(&o.ports, &o.not_ports, |p| p.parse().ok()),
         methods: Values::strings(&o.methods, &o.not_methods),
         paths: Values {
             is: o.paths.iter().map(|p| PathPattern::compile(p)).collect(),
@@ -577,6 +613,7 @@ fn compile_operation(o: &Operation) -> COperation {
                 .iter()
                 .map(|p| PathPattern::compile(p))
                 .collect(),
+            broken: false,
         },
     }
 }
@@ -618,14 +655,16 @@ impl CRule {
 
 impl CSource {
     fn matches(&self, a: &Attrs<'_>, deny: bool) -> bool {
-        let sa = a
-            .source_namespace()
-            .zip(a.source_service_account())
-            .map(|(ns, sa)| format!("{ns}/{sa}"));
         self.principals.check(a.principal, istio_match)
             && self.namespaces.check(a.source_namespace(), istio_match)
-            && (!self.service_accounts.present()
-                || self.service_accounts.check(sa.as_deref(), |p, v| p == v))
+            && (!self.service_accounts.present() || {
+                // `ns/sa`, compared without building the string.
+                let sa = a.source_namespace().zip(a.source_service_account());
+                let is = |p: &str| sa.is_some_and(|(ns, sa)| p.split_once('/') == Some((ns, sa)));
+                (self.service_accounts.is.is_empty()
+                    || self.service_accounts.is.iter().any(|p| is(p)))
+                    && !self.service_accounts.not.iter().any(|p| is(p))
+            })
             && self
                 .trust_domains
                 .check(a.source_trust_domain(), istio_match)
@@ -640,8 +679,10 @@ impl CSource {
 
 impl COperation {
     fn matches(&self, a: &Attrs<'_>, deny: bool) -> bool {
-        let port = a.destination_port.to_string();
-        self.ports.check(Some(&port), |p, v| p == v)
+        let port = a.destination_port;
+        !self.ports.broken
+            && (self.ports.is.is_empty() || self.ports.is.contains(&port))
+            && !self.ports.not.contains(&port)
             && http_field(a, deny, self.hosts.present(), || {
                 self.hosts.check(a.host, |p, v| {
                     istio_match(p, v) || strip_port(p).is_some_and(|p| istio_match(p, v))
@@ -698,18 +739,19 @@ impl CCondition {
             Key::RemoteIp => self.nets.check(a.remote_ip),
             Key::DestinationIp => self.nets.check(a.destination_ip),
             Key::DestinationPort => {
-                let port = a.destination_port.to_string();
-                (self.values.is_empty() || self.values.contains(&port))
-                    && !self.not_values.contains(&port)
+                let port = a.destination_port;
+                let is = |v: &String| v.parse::<u16>().ok() == Some(port);
+                (self.values.is_empty() || self.values.iter().any(is))
+                    && !self.not_values.iter().any(is)
             }
             Key::SourceNamespace => strings(a.source_namespace()),
             Key::SourcePrincipal => strings(a.principal),
             Key::SourceServiceAccount => {
-                let sa = a
-                    .source_namespace()
-                    .zip(a.source_service_account())
-                    .map(|(ns, sa)| format!("{ns}/{sa}"));
-                strings(sa.as_deref())
+                let sa = a.source_namespace().zip(a.source_service_account());
+                let is =
+                    |p: &String| sa.is_some_and(|(ns, sa)| p.split_once('/') == Some((ns, sa)));
+                (self.values.is_empty() || self.values.iter().any(is))
+                    && !self.not_values.iter().any(is)
             }
             Key::SourceTrustDomain => strings(a.source_trust_domain()),
             Key::ConnectionSni => strings(a.sni),

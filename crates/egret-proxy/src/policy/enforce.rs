@@ -44,6 +44,52 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Export what this state counts: rate-limit decisions, JWKS fetch failures, audit
+    /// records dropped because the writer fell behind.
+    pub fn register(self: &Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
+        self.ratelimit.register(registry);
+        registry.register_collector(Box::new(SharedCounters(self.clone())));
+    }
+}
+
+/// Counters read from [`Shared`] at scrape time.
+struct SharedCounters(Arc<Shared>);
+
+impl std::fmt::Debug for SharedCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedCounters")
+    }
+}
+
+impl prometheus_client::collector::Collector for SharedCounters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let counters = [
+            (
+                "jwks_fetch_failures",
+                "Remote JWKS fetches that failed (the last good keys keep serving)",
+                self.0.jwks.as_ref().map_or(0, |j| j.fetch_failures()),
+            ),
+            (
+                "audit_records_dropped",
+                "Audit records dropped because the writer fell behind",
+                self.0.audit.dropped(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Shared {
     fn default() -> Self {
         Shared {

@@ -406,3 +406,34 @@ fn thousand_policies_index_by_host() {
         "every policy is indexed by its host"
     );
 }
+
+#[test]
+fn service_accounts_and_ports_without_allocation_semantics() {
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: sa, namespace: istio-system}
+spec:
+  rules:
+  - from: [{source: {serviceAccounts: ["pay/payments", "gw-sa"]}}]
+    to: [{operation: {ports: ["443"], notPorts: ["8443"]}}]
+  - when:
+    - {key: source.serviceAccount, values: ["ops/runner"]}
+    - {key: destination.port, notValues: ["22"]}
+"#;
+    let az = authorizer(yaml, &ProxyIdentity::sidecar("istio-system"));
+    let a = |p: &'static str, port| Attrs {
+        principal: Some(p),
+        ..Attrs::connection(Protocol::Tcp, port)
+    };
+    assert!(allowed(&az, &a("cluster.local/ns/pay/sa/payments", 443)));
+    assert!(!allowed(&az, &a("cluster.local/ns/pay/sa/payments", 80)));
+    // A bare service account is in the policy's namespace (Istio).
+    assert!(allowed(
+        &az,
+        &a("cluster.local/ns/istio-system/sa/gw-sa", 443)
+    ));
+    assert!(!allowed(&az, &a("cluster.local/ns/other/sa/gw-sa", 443)));
+    assert!(allowed(&az, &a("cluster.local/ns/ops/sa/runner", 80)));
+    assert!(!allowed(&az, &a("cluster.local/ns/ops/sa/runner", 22)));
+}
