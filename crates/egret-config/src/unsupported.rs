@@ -191,7 +191,7 @@ pub const UNSUPPORTED: &[(Kind, &str, &str)] = &[
     (
         Kind::MeshConfig,
         "defaultConfig",
-        "ProxyConfig is Envoy/istio-agent configuration; egret takes its settings from the command line",
+        "ProxyConfig is Envoy/istio-agent configuration; egret reads only `tracing.sampling` from it and takes the rest from the command line",
     ),
     (
         Kind::MeshConfig,

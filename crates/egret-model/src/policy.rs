@@ -61,6 +61,7 @@ pub fn mesh_settings(mesh: &MeshConfig, root_ns: &str) -> MeshSettings {
                         service: o.service.clone().unwrap_or_default(),
                         port: port(o.port),
                         max_tag_length: o.max_tag_length,
+                        http: o.http.as_ref().map(otlp_http),
                     }
                 } else if let Some(f) = &p.envoy_file_access_log {
                     ExtensionProviderKind::FileAccessLog {
@@ -75,7 +76,82 @@ pub fn mesh_settings(mesh: &MeshConfig, root_ns: &str) -> MeshSettings {
             })
             .collect(),
         enable_tracing: mesh.enable_tracing.unwrap_or(true),
+        tracing: tracing_settings(mesh),
+        access_log_default_provider: mesh
+            .default_providers
+            .as_ref()
+            .is_some_and(|d| d.access_logging.iter().any(|p| p == "envoy")),
     }
+}
+
+/// `opentelemetry.http: {path, timeout, headers: [{name, value}]}`.
+fn otlp_http(v: &serde_json::Value) -> crate::snapshot::OtlpHttp {
+    let path = v
+        .get("path")
+        .and_then(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || "/v1/traces".to_string(),
+            |p| {
+                if p.starts_with('/') {
+                    p.to_string()
+                } else {
+                    format!("/{p}")
+                }
+            },
+        );
+    let timeout = v
+        .get("timeout")
+        .and_then(|t| t.as_str())
+        .and_then(|t| Duration::parse(t).ok());
+    let headers = v
+        .get("headers")
+        .and_then(|h| h.as_array())
+        .map(|hs| {
+            hs.iter()
+                .filter_map(|h| {
+                    Some((
+                        h.get("name")?.as_str()?.to_string(),
+                        h.get("value")?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::snapshot::OtlpHttp {
+        path,
+        timeout,
+        headers,
+    }
+}
+
+/// Tracing is on when `enableTracing` (default true) and `defaultProviders.tracing` names an
+/// `opentelemetry` extension provider. Sampling: `defaultConfig.tracing.sampling`, a
+/// percentage (Istio's default 1%).
+fn tracing_settings(mesh: &MeshConfig) -> Option<crate::snapshot::TracingSettings> {
+    if mesh.enable_tracing == Some(false) {
+        return None;
+    }
+    let provider = mesh
+        .default_providers
+        .as_ref()?
+        .tracing
+        .iter()
+        .find(|name| {
+            mesh.extension_providers
+                .iter()
+                .any(|p| p.name.as_deref() == Some(name.as_str()) && p.opentelemetry.is_some())
+        })?
+        .clone();
+    let sampling = mesh
+        .default_config
+        .as_ref()
+        .and_then(|c| c.get("tracing"))
+        .and_then(|t| t.get("sampling"))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(1.0)
+        .clamp(0.0, 100.0);
+    Some(crate::snapshot::TracingSettings { provider, sampling })
 }
 
 /// The outbound traffic policy of a sidecar: its Sidecar resource's `outboundTrafficPolicy`

@@ -71,6 +71,31 @@ pub struct MeshSettings {
     pub dns_refresh_rate: Duration,
     pub extension_providers: Vec<ExtensionProvider>,
     pub enable_tracing: bool,
+    /// Tracing in effect: `enableTracing` and `defaultProviders.tracing` naming an
+    /// `opentelemetry` provider; `None` = no spans (trace headers are still propagated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
+    /// `defaultProviders.accessLogging` names the built-in `envoy` provider (TEXT to
+    /// /dev/stdout) when `accessLogFile` is not set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub access_log_default_provider: bool,
+}
+
+/// OTLP over HTTP (`extensionProviders[].opentelemetry.http`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OtlpHttp {
+    pub path: String,
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TracingSettings {
+    /// The `opentelemetry` extension provider spans go to.
+    pub provider: String,
+    /// Percentage of new traces sampled (`defaultConfig.tracing.sampling`, Istio's default 1).
+    pub sampling: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +129,9 @@ pub enum ExtensionProviderKind {
         service: String,
         port: u16,
         max_tag_length: Option<u32>,
+        /// `http:` present = OTLP/HTTP (Istio); absent = OTLP/gRPC.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        http: Option<OtlpHttp>,
     },
     FileAccessLog {
         path: Option<String>,

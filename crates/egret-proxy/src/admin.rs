@@ -51,6 +51,27 @@ impl Admin {
         }
     }
 
+    /// Istio's series, egret's, then the proxy's counters — one Prometheus text exposition.
+    fn metrics_text(&self) -> String {
+        let p = &self.proxy;
+        let gauges = crate::telemetry::egret::Gauges {
+            config_version: p.state.load().snapshot.version.clone(),
+            workload_cert: p.mesh.as_ref().map(|m| {
+                let store = m.store();
+                let ts = store
+                    .expiry()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                (store.spiffe_id().to_string(), ts)
+            }),
+            upstream: p.upstreams.counts(),
+        };
+        let mut out = String::with_capacity(64 * 1024);
+        p.telemetry.encode(&mut out, &gauges);
+        out.push_str(&p.metrics.encode());
+        out
+    }
+
     fn route(&self, req: Request<Incoming>) -> Response<RespBody> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ready") | (&Method::GET, "/healthz/ready") => {
@@ -75,7 +96,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") | (&Method::GET, "/stats/prometheus") => {
-                let mut r = local(StatusCode::OK, self.proxy.metrics.encode());
+                let mut r = local(StatusCode::OK, self.metrics_text());
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -36,6 +36,8 @@ pub struct Runtime {
     pub substitutions: HashMap<String, String>,
     /// AuthorizationPolicies, RequestAuthentications, external authorizers and rate limits.
     pub policy: crate::policy::enforce::PolicyRuntime,
+    /// Where this snapshot's access log and spans go.
+    pub telemetry: crate::telemetry::TelemetryRuntime,
 }
 
 /// Envoy/RE2 substitution (`\1` is group 1) to the regex crate's (`${1}`, `$$` for `$`).
@@ -166,6 +168,13 @@ impl Runtime {
                 Err(e) => errors.push(format!("uriRegexRewrite.match {pattern:?}: {e}")),
             }
         }
+        let telemetry = match crate::telemetry::TelemetryRuntime::for_snapshot(&snapshot) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                Default::default()
+            }
+        };
         let activate = errors.is_empty();
         let policy = match crate::policy::enforce::PolicyRuntime::new(&snapshot, policy, activate) {
             Ok(p) => Some(p),
@@ -184,6 +193,7 @@ impl Runtime {
             regexes,
             substitutions,
             policy,
+            telemetry,
         })
     }
 }

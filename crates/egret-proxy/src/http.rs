@@ -21,6 +21,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::proxy::{ConnInfo, Mode, Proxy};
+use crate::telemetry::record::HttpOutcome;
+use crate::telemetry::{HttpRecord, Recorded};
 use crate::upstream::{ReqBody, UpstreamError};
 
 pub type RespBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -55,6 +57,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
+    let mut req = req;
+    let rt = proxy.state.load_full();
+    let mut rec = HttpRecord::start(&proxy.telemetry, &rt.telemetry, &conn, &mut req);
     let method = req.method().clone();
     let path = req
         .uri()
@@ -94,7 +99,23 @@ pub async fn handle(
         out.route,
         conn.principal(),
     );
-    Ok(resp)
+    let cluster = rt
+        .snapshot
+        .cluster(&out.cluster)
+        .map(|c| (c.host.as_str(), c.service.as_deref()));
+    rec.responded(
+        HttpOutcome {
+            status: out.status,
+            flags: out.flags,
+            details: out.details,
+            cluster: &out.cluster,
+            upstream: out.upstream,
+            route: &out.route,
+        },
+        &authority,
+        cluster,
+    );
+    Ok(resp.map(|b| Recorded::new(b, rec).boxed()))
 }
 
 /// The request's authority: the absolute-form URI's (explicit proxy, HTTP/2 `:authority`),

@@ -152,10 +152,42 @@ impl Metrics {
             .get()
     }
 
+    /// Prometheus text format 0.0.4 (what `/stats/prometheus` serves and `promtool check
+    /// metrics` reads). prometheus-client writes OpenMetrics, whose counter families are named
+    /// without `_total` and which ends with `# EOF`: both are adjusted here.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
+        let mut om = String::new();
         // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut om, &self.registry);
+        let counters: std::collections::HashSet<&str> = om
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(om.len() + 256);
+        for line in om.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let meta = line
+                .strip_prefix("# HELP ")
+                .map(|r| ("# HELP ", r))
+                .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+            match meta {
+                Some((kind, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    out.push_str(kind);
+                    out.push_str(name);
+                    if counters.contains(name) && !name.ends_with("_total") {
+                        out.push_str("_total");
+                    }
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
         out
     }
 }

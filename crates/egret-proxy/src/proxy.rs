@@ -33,6 +33,7 @@ use crate::detect::{self, Detected};
 use crate::http::{self as h, RespBody};
 use crate::io::PrefixedIo;
 use crate::metrics::Metrics;
+use crate::telemetry::L4Record;
 use crate::upstream::Upstreams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,8 @@ pub struct Proxy {
     pub own_identity: Option<Arc<str>>,
     /// Policy state shared across snapshots: audit log, JWKS cache, rate-limit buckets.
     pub policy: Arc<crate::policy::enforce::Shared>,
+    /// Istio's standard metrics and egret's own series for this proxy.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Proxy {
@@ -123,6 +126,7 @@ impl Proxy {
             allow_direct: false,
             own_identity: None,
             policy: Arc::new(crate::policy::enforce::Shared::default()),
+            telemetry: Arc::new(crate::telemetry::Telemetry::new(&Default::default())),
         }
     }
 
@@ -194,6 +198,8 @@ impl Proxy {
             Err(e) => {
                 self.metrics.connection("bad_request", "tcp");
                 tracing::warn!(target: "policy", peer = %conn.peer, %dst, "closing: {e}");
+                let mut rec = L4Record::start(&self.telemetry, &rt.telemetry, &conn, None, "tcp");
+                rec.fail("-", "protocol_detection_failed");
                 return;
             }
         };
@@ -208,6 +214,9 @@ impl Proxy {
                 {
                     self.metrics.connection("bad_request", "tls");
                     tracing::warn!(target: "policy", peer = %conn.peer, connect = %host, sni = %s, reason = "connect_sni_mismatch", "CONNECT authority differs from the inner SNI: refused");
+                    let mut rec =
+                        L4Record::start(&self.telemetry, &rt.telemetry, &conn, Some(s), "tls");
+                    rec.fail("-", "connect_sni_mismatch");
                     return;
                 }
                 match listener.and_then(|l| l.tls_chain(sni.as_deref(), dst_ip)) {
@@ -308,7 +317,16 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let Some(dst) = conn.orig_dst else { return };
+        let mut rec = L4Record::start(
+            &self.telemetry,
+            &rt.telemetry,
+            &conn,
+            sni.as_deref(),
+            protocol,
+        );
         if self.outbound_mode(rt) == OutboundMode::RegistryOnly {
+            rec.destination(BLACKHOLE_CLUSTER, None);
+            rec.fail("NR", "registry_only");
             self.metrics.connection("blackhole", protocol);
             tracing::info!(
                 target: "access",
@@ -322,8 +340,10 @@ impl Proxy {
             .connection_allowed(rt, &conn, sni.as_deref(), protocol)
             .await
         {
+            rec.fail("-", "rbac_access_denied");
             return;
         }
+        rec.destination(PASSTHROUGH_CLUSTER, None);
         self.metrics.connection("passthrough", protocol);
         tracing::info!(target: "policy", %dst, sni = sni.as_deref().unwrap_or("-"), "ALLOW_ANY: passthrough");
         let start = Instant::now();
@@ -333,7 +353,9 @@ impl Proxy {
             .await
         {
             Ok(up) => {
+                rec.upstream(dst);
                 let (tx, rx) = relay(stream, prefix, up).await;
+                rec.bytes(tx, rx);
                 tracing::info!(
                     target: "access",
                     "\"- - -\" 0 - passthrough \"{dst}\" {PASSTHROUGH_CLUSTER} {} {} {rx} {tx} {}ms",
@@ -343,6 +365,7 @@ impl Proxy {
                 );
             }
             Err(e) => {
+                rec.fail(e.response_flag(), "upstream_connect_failure");
                 self.metrics.connection("upstream_error", protocol);
                 tracing::warn!(target: "upstream", "{e}");
             }
@@ -365,19 +388,33 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let start = Instant::now();
+        let mut rec = L4Record::start(
+            &self.telemetry,
+            &rt.telemetry,
+            &conn,
+            sni.as_deref(),
+            protocol,
+        );
         if !self
             .connection_allowed(rt, &conn, sni.as_deref(), protocol)
             .await
         {
+            rec.fail("-", "rbac_access_denied");
             return;
         }
         let Some(dest) = h::pick_weighted(&chain.route) else {
+            rec.fail("UH", "no_healthy_upstream");
             return;
         };
         let Some(cluster) = rt.snapshot.cluster(&dest.cluster) else {
+            rec.fail("NC", "cluster_not_found");
             self.metrics.connection("upstream_error", protocol);
             return;
         };
+        rec.destination(
+            &cluster.name,
+            Some((cluster.host.as_str(), cluster.service.as_deref())),
+        );
         let state = rt.clusters.get(&cluster.name);
         if let Some(reason) = cluster
             .policy
@@ -386,6 +423,7 @@ impl Proxy {
             .as_ref()
             .filter(|_| protocol == "tcp")
         {
+            rec.fail("UH", "cluster_unusable");
             self.metrics.connection("upstream_error", protocol);
             tracing::warn!(target: "upstream", cluster = %cluster.name, "cannot be used by this proxy: {reason}");
             return;
@@ -397,11 +435,13 @@ impl Proxy {
             .await
         {
             Ok(p) if self.is_self(p.addr) => {
+                rec.fail("UF", "loop");
                 self.metrics.connection("loop", protocol);
                 return;
             }
             Ok(p) => p,
             Err(e) => {
+                rec.fail(e.response_flag(), "upstream_connect_failure");
                 self.metrics.connection("upstream_error", protocol);
                 tracing::warn!(target: "upstream", cluster = %cluster.name, "{e}");
                 return;
@@ -427,6 +467,7 @@ impl Proxy {
             // The mesh tunnel: a CONNECT stream to the gateway carrying the application's
             // bytes untouched; its authority is the SNI (TLS) or where the app connected.
             let Some(mesh) = state.and_then(|s| s.mesh.as_ref()) else {
+                rec.fail("UH", "no_mesh_identity");
                 self.metrics.connection("upstream_error", protocol);
                 tracing::warn!(target: "upstream", "{}", crate::upstream::UpstreamError::NoMeshIdentity(cluster.name.clone()));
                 return;
@@ -451,9 +492,11 @@ impl Proxy {
                 )
                 .await
         };
+        rec.upstream(picked.addr);
         let up = match up {
             Ok(s) => s,
             Err(e) => {
+                rec.fail(e.response_flag(), "upstream_connect_failure");
                 self.metrics.connection("upstream_error", protocol);
                 tracing::warn!(target: "upstream", cluster = %cluster.name, "{e}");
                 return;
@@ -461,6 +504,7 @@ impl Proxy {
         };
         self.metrics.connection("routed", protocol);
         let (tx, rx) = relay(stream, prefix, up).await;
+        rec.bytes(tx, rx);
         tracing::info!(
             target: "access",
             "\"- - -\" 0 - via_upstream \"{}\" {} {} {} {rx} {tx} {}ms {} peer={}",

@@ -158,6 +158,26 @@ async fn accept_loop(
     }
 }
 
+/// This proxy's `source_*` labels (Istio's stats plugin): the workload is the `app` label, else
+/// the service account (a gateway deployed as Istio's is `istio-egressgateway`); the principal
+/// is the mesh identity; the cluster is Istio's default cluster name.
+fn source_labels(src: &config::SourceConfig) -> crate::telemetry::SourceLabels {
+    let p = &src.proxy;
+    let workload = p
+        .labels
+        .get("app")
+        .cloned()
+        .unwrap_or_else(|| p.service_account.clone());
+    let principal = src.mesh.as_ref().map(|m| m.store().spiffe_id().to_string());
+    crate::telemetry::SourceLabels::from_workload(
+        &workload,
+        &p.namespace,
+        principal.as_deref(),
+        &p.labels,
+        "Kubernetes",
+    )
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -210,6 +230,9 @@ pub async fn start(
             .as_ref()
             .map(|m| Arc::from(m.store().spiffe_id().to_string()));
     }
+    proxy.telemetry = Arc::new(crate::telemetry::Telemetry::new(&source_labels(
+        &opts.source,
+    )));
     if let Some(g) = &opts.gateway {
         proxy.allow_direct = g.allow_direct;
         let mut up = crate::upstream::Upstreams::new();

@@ -96,6 +96,38 @@ pub struct Upstreams {
     pub forbidden: Vec<ipnet::IpNet>,
     /// Gateway role: names are resolved with [`Upstreams::resolve_public`].
     pub gateway: bool,
+    /// Reuse and DNS counters (egret's metrics).
+    pub stats: UpstreamStats,
+}
+
+/// Counters for `egret_upstream_connections_total` and `egret_dns_*`.
+#[derive(Default)]
+pub struct UpstreamStats {
+    http1_reused: std::sync::atomic::AtomicU64,
+    http1_new: std::sync::atomic::AtomicU64,
+    http2_reused: std::sync::atomic::AtomicU64,
+    http2_new: std::sync::atomic::AtomicU64,
+    dns_lookups: std::sync::atomic::AtomicU64,
+    dns_failures: std::sync::atomic::AtomicU64,
+    /// Names resolved, with when their answer expires (the resolver's cache holds them).
+    dns_valid_until: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// A reading of [`UpstreamStats`].
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamCounts {
+    pub http1_reused: u64,
+    pub http1_new: u64,
+    pub http2_reused: u64,
+    pub http2_new: u64,
+    pub idle: usize,
+    pub dns_lookups: u64,
+    pub dns_failures: u64,
+    pub dns_cached: usize,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 fn forbidden(ip: &IpAddr, extra: &[ipnet::IpNet]) -> bool {
@@ -169,6 +201,27 @@ impl Upstreams {
             max_idle: 64,
             forbidden: Vec::new(),
             gateway: false,
+            stats: UpstreamStats::default(),
+        }
+    }
+
+    /// The counters, read for a scrape.
+    pub fn counts(&self) -> UpstreamCounts {
+        let st = &self.stats;
+        let now = std::time::Instant::now();
+        UpstreamCounts {
+            http1_reused: st.http1_reused.load(Ordering::Relaxed),
+            http1_new: st.http1_new.load(Ordering::Relaxed),
+            http2_reused: st.http2_reused.load(Ordering::Relaxed),
+            http2_new: st.http2_new.load(Ordering::Relaxed),
+            idle: self.idle_connections(),
+            dns_lookups: st.dns_lookups.load(Ordering::Relaxed),
+            dns_failures: st.dns_failures.load(Ordering::Relaxed),
+            dns_cached: st
+                .dns_valid_until
+                .lock()
+                .map(|m| m.values().filter(|t| **t > now).count())
+                .unwrap_or(0),
         }
     }
 
@@ -189,21 +242,33 @@ impl Upstreams {
         } else {
             format!("{host}.")
         };
-        let mut ips: Vec<IpAddr> = r
-            .lookup_ip(name.as_str())
-            .await
-            .map_err(|e| UpstreamError::Resolve {
+        bump(&self.stats.dns_lookups);
+        let lookup = r.lookup_ip(name.as_str()).await.map_err(|e| {
+            bump(&self.stats.dns_failures);
+            UpstreamError::Resolve {
                 host: host.to_string(),
                 reason: e.to_string(),
-            })?
-            .iter()
-            .collect();
+            }
+        })?;
+        if let Ok(mut m) = self.stats.dns_valid_until.lock() {
+            // Bounded like the resolver's own cache.
+            if m.len() < 4096 || m.contains_key(host) {
+                match m.get_mut(host) {
+                    Some(t) => *t = lookup.valid_until(),
+                    None => {
+                        m.insert(host.to_string(), lookup.valid_until());
+                    }
+                }
+            }
+        }
+        let mut ips: Vec<IpAddr> = lookup.iter().collect();
         // Istio's clusters look up IPv4 only unless the mesh is dual-stack: use IPv6
         // addresses only for names that have no IPv4 address.
         if ips.iter().any(IpAddr::is_ipv4) {
             ips.retain(IpAddr::is_ipv4);
         }
         if ips.is_empty() {
+            bump(&self.stats.dns_failures);
             return Err(UpstreamError::Resolve {
                 host: host.to_string(),
                 reason: "no addresses".into(),
@@ -370,9 +435,11 @@ impl Upstreams {
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
         };
         if let Some(s) = self.take_idle(&key) {
+            bump(&self.stats.http1_reused);
             return Ok((s, Returner { key }));
         }
         let io = self.connect(addr, timeout, tls).await?;
+        bump(&self.stats.http1_new);
         let (sender, conn) =
             http1::handshake(TokioIo::new(io))
                 .await
@@ -403,9 +470,11 @@ impl Upstreams {
         if let Ok(map) = self.h2.lock()
             && let Some(s) = map.get(&key).filter(|s| !s.is_closed())
         {
+            bump(&self.stats.http2_reused);
             return Ok(s.clone());
         }
         let io = self.connect(addr, timeout, tls).await?;
+        bump(&self.stats.http2_new);
         let (sender, conn) =
             http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
                 .await

@@ -42,6 +42,20 @@ pub struct MeshConfig {
     pub default_http_retry_policy: Option<super::networking::HttpRetry>,
     pub locality_lb_setting: Option<LocalityLbSetting>,
     pub default_config: Option<Value>,
+    /// `defaultProviders`: which extension providers are on for every workload (tracing,
+    /// access logging); the built-in `envoy` access-log provider writes TEXT to /dev/stdout.
+    pub default_providers: Option<DefaultProviders>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultProviders {
+    #[serde(default)]
+    pub tracing: Vec<String>,
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    #[serde(default)]
+    pub access_logging: Vec<String>,
 }
 
 /// One `extensionProviders[]` entry. Exactly one provider block is expected.

@@ -1,0 +1,478 @@
+//! One record per HTTP request and per TCP/TLS connection, finished exactly once by `Drop`.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use egret_model::snapshot::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use http::{HeaderValue, Request, Version};
+
+use super::accesslog::{Fields, Op, format_time, redact_query};
+use super::istio::{Destination, DestinationKind};
+use super::trace::Span;
+use super::{Telemetry, TelemetryRuntime};
+use crate::proxy::ConnInfo;
+
+/// How a request ended, as the data path decided it.
+pub struct HttpOutcome<'a> {
+    pub status: u16,
+    pub flags: &'static str,
+    pub details: &'static str,
+    pub cluster: &'a str,
+    pub upstream: Option<SocketAddr>,
+    pub route: &'a str,
+}
+
+pub struct HttpRecord {
+    tel: Arc<Telemetry>,
+    rt: TelemetryRuntime,
+    conn: Arc<ConnInfo>,
+    start: Instant,
+    start_wall: SystemTime,
+    method: http::Method,
+    path: Option<http::uri::PathAndQuery>,
+    version: Version,
+    /// The request headers the access-log format reads, captured on arrival.
+    headers: Vec<Option<HeaderValue>>,
+    request_bytes: u64,
+    grpc: bool,
+    request_id: Option<HeaderValue>,
+    // Known once the response headers are ready:
+    authority: String,
+    status: u16,
+    flags: &'static str,
+    details: &'static str,
+    cluster: String,
+    upstream: Option<SocketAddr>,
+    route: String,
+    service_time_ms: Option<u128>,
+    dest: Option<Arc<Destination>>,
+    span: Option<Span>,
+    // Known at the end:
+    response_bytes: u64,
+}
+
+impl HttpRecord {
+    /// A request arrived: capture what the log needs before the request is consumed, give it
+    /// an `x-request-id` if it has none (Envoy does, at the first proxy), and start its span
+    /// (rewriting the trace headers the upstream will see).
+    pub fn start<B>(
+        tel: &Arc<Telemetry>,
+        rt: &TelemetryRuntime,
+        conn: &Arc<ConnInfo>,
+        req: &mut Request<B>,
+    ) -> HttpRecord {
+        let request_id = http::HeaderName::from_static("x-request-id");
+        if !req.headers().contains_key(&request_id) {
+            let id = super::trace::request_id();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                req.headers_mut().insert(request_id, v);
+            }
+        }
+        let span = rt.tracer.as_ref().map(|t| t.start(req.headers_mut()));
+        let headers = match &rt.access_log {
+            Some(l) => l
+                .format
+                .headers
+                .iter()
+                .map(|h| req.headers().get(h).cloned())
+                .collect(),
+            None => Vec::new(),
+        };
+        let request_bytes = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        HttpRecord {
+            tel: tel.clone(),
+            rt: rt.clone(),
+            conn: conn.clone(),
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().cloned(),
+            version: req.version(),
+            headers,
+            request_bytes,
+            grpc,
+            request_id: req.headers().get("x-request-id").cloned(),
+            authority: String::new(),
+            status: 0,
+            flags: "-",
+            details: "-",
+            cluster: String::new(),
+            upstream: None,
+            route: String::new(),
+            service_time_ms: None,
+            dest: None,
+            span,
+            response_bytes: 0,
+        }
+    }
+
+    /// The response headers are ready: what happened, and to which destination.
+    pub fn responded(
+        &mut self,
+        out: HttpOutcome<'_>,
+        authority: &str,
+        cluster_host: Option<(&str, Option<&str>)>,
+    ) {
+        self.status = out.status;
+        self.flags = out.flags;
+        self.details = out.details;
+        self.cluster = out.cluster.to_string();
+        self.upstream = out.upstream;
+        self.route = out.route.to_string();
+        self.authority = authority.to_string();
+        if out.upstream.is_some() {
+            self.service_time_ms = Some(self.start.elapsed().as_millis());
+        }
+        let host = crate::http::split_authority(authority).0;
+        let kind = match (out.cluster, cluster_host) {
+            (c, _) if c == BLACKHOLE_CLUSTER => DestinationKind::BlackHole { host: &host },
+            (c, _) if c == PASSTHROUGH_CLUSTER => DestinationKind::Passthrough { host: &host },
+            (_, Some((h, service))) => DestinationKind::Cluster { host: h, service },
+            // Answered before a cluster was chosen (denied, no route, direct response).
+            _ => DestinationKind::Requested { host: &host },
+        };
+        self.dest = Some(self.tel.istio.destination(kind));
+    }
+
+    fn finish(&mut self, body_error: bool, complete: bool) {
+        if body_error && self.flags == "-" {
+            self.flags = "UC";
+        } else if !complete && self.flags == "-" {
+            // The client went away before the response was sent in full.
+            self.flags = "DC";
+        }
+        let elapsed = self.start.elapsed();
+        if let Some(d) = &self.dest {
+            self.tel.istio.http(
+                d,
+                self.status,
+                self.flags,
+                self.grpc,
+                elapsed.as_secs_f64() * 1000.0,
+                self.request_bytes,
+                self.response_bytes,
+            );
+        }
+        if let Some(l) = &self.rt.access_log {
+            l.log(&*self);
+        }
+        if let (Some(span), Some(t)) = (self.span.take(), &self.rt.tracer) {
+            t.finish(span, &self.span_fields());
+        }
+    }
+
+    fn span_fields(&self) -> super::trace::SpanFields<'_> {
+        super::trace::SpanFields {
+            name_host: self.authority.as_str(),
+            method: self.method.as_str(),
+            path: self.path.as_ref().map_or("/", |p| p.as_str()),
+            protocol: protocol(self.version),
+            status: self.status,
+            flags: self.flags,
+            cluster: &self.cluster,
+            upstream: self.upstream,
+            peer: self.conn.peer,
+            request_id: self.headers_request_id(),
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            start: self.start_wall,
+            end: self.start_wall + self.start.elapsed(),
+        }
+    }
+
+    fn headers_request_id(&self) -> Option<&str> {
+        self.request_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn addr(a: Option<SocketAddr>) -> Option<Cow<'static, str>> {
+    a.map(|a| Cow::Owned(a.to_string()))
+}
+
+impl Fields for HttpRecord {
+    fn value(&self, op: &Op) -> Option<Cow<'_, str>> {
+        let header = |i: usize| {
+            self.headers
+                .get(i)
+                .and_then(Option::as_ref)
+                .and_then(|v| v.to_str().ok())
+                .map(Cow::Borrowed)
+        };
+        let path = || {
+            self.path
+                .as_ref()
+                .map(|p| redact_query(p.as_str()))
+                .or(Some(Cow::Borrowed("/")))
+        };
+        match op {
+            Op::StartTime => Some(Cow::Owned(format_time(self.start_wall))),
+            Op::Method => Some(Cow::Borrowed(self.method.as_str())),
+            Op::Path => path(),
+            Op::Authority => {
+                (!self.authority.is_empty()).then_some(Cow::Borrowed(self.authority.as_str()))
+            }
+            Op::Req(i, alt) => header(*i).or_else(|| match alt {
+                Some(usize::MAX) => path(),
+                Some(j) => header(*j),
+                None => None,
+            }),
+            Op::UpstreamServiceTime => self.service_time_ms.map(|t| Cow::Owned(t.to_string())),
+            Op::Protocol => Some(Cow::Borrowed(protocol(self.version))),
+            Op::ResponseCode => Some(Cow::Owned(self.status.to_string())),
+            Op::ResponseFlags => Some(Cow::Borrowed(self.flags)),
+            Op::ResponseCodeDetails => Some(Cow::Borrowed(match self.details {
+                "-" if self.upstream.is_some() => "via_upstream",
+                d => d,
+            })),
+            Op::ConnectionTerminationDetails | Op::UpstreamTransportFailureReason => None,
+            Op::BytesReceived => Some(Cow::Owned(self.request_bytes.to_string())),
+            Op::BytesSent => Some(Cow::Owned(self.response_bytes.to_string())),
+            Op::Duration => Some(Cow::Owned(self.start.elapsed().as_millis().to_string())),
+            Op::UpstreamHost => addr(self.upstream),
+            Op::UpstreamCluster => (!self.cluster.is_empty() && self.cluster != "-")
+                .then_some(Cow::Borrowed(self.cluster.as_str())),
+            Op::UpstreamLocalAddress => None,
+            Op::DownstreamLocalAddress => addr(self.conn.orig_dst),
+            Op::DownstreamRemoteAddress => addr(Some(self.conn.peer)),
+            Op::DownstreamRemoteAddressWithoutPort => {
+                Some(Cow::Owned(self.conn.peer.ip().to_string()))
+            }
+            Op::DownstreamPeerUriSan => self.conn.peer_identity.as_deref().map(Cow::Borrowed),
+            Op::RequestedServerName => self.conn.sni.as_deref().map(Cow::Borrowed),
+            Op::RouteName => (!self.route.is_empty() && self.route != "-")
+                .then_some(Cow::Borrowed(self.route.as_str())),
+            Op::Unknown(_) => None,
+        }
+    }
+}
+
+/// A response body that counts what it sends and finishes its record at the end.
+pub struct Recorded {
+    inner: crate::http::RespBody,
+    rec: Option<Box<HttpRecord>>,
+}
+
+impl Recorded {
+    pub fn new(inner: crate::http::RespBody, rec: HttpRecord) -> Recorded {
+        Recorded {
+            inner,
+            rec: Some(Box::new(rec)),
+        }
+    }
+
+    fn done(&mut self, error: bool, complete: bool) {
+        if let Some(mut r) = self.rec.take() {
+            r.finish(error, complete);
+        }
+    }
+}
+
+impl hyper::body::Body for Recorded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(r)) = (frame.data_ref(), self.rec.as_mut()) {
+                    r.response_bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.done(false, true);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => self.done(true, false),
+            std::task::Poll::Ready(None) => self.done(false, true),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        let complete = hyper::body::Body::is_end_stream(&self.inner);
+        self.done(false, complete);
+    }
+}
+
+/// One TCP/TLS connection (routed, passed through, black-holed or refused).
+pub struct L4Record {
+    tel: Arc<Telemetry>,
+    rt: TelemetryRuntime,
+    start: Instant,
+    start_wall: SystemTime,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    principal: Option<Arc<str>>,
+    sni: Option<String>,
+    protocol: &'static str,
+    dest: Option<Arc<Destination>>,
+    cluster: String,
+    upstream: Option<SocketAddr>,
+    flags: &'static str,
+    details: &'static str,
+    /// Bytes to the upstream / from the upstream.
+    pub sent: u64,
+    pub received: u64,
+    /// Passed through untouched by SNI (egret's per-SNI series).
+    passthrough_tls: bool,
+}
+
+impl L4Record {
+    pub fn start(
+        tel: &Arc<Telemetry>,
+        rt: &TelemetryRuntime,
+        conn: &ConnInfo,
+        sni: Option<&str>,
+        protocol: &'static str,
+    ) -> L4Record {
+        L4Record {
+            tel: tel.clone(),
+            rt: rt.clone(),
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            peer: conn.peer,
+            orig_dst: conn.orig_dst,
+            principal: conn.peer_identity.clone(),
+            sni: sni.map(str::to_string),
+            protocol,
+            dest: None,
+            cluster: String::new(),
+            upstream: None,
+            flags: "-",
+            details: "-",
+            sent: 0,
+            received: 0,
+            passthrough_tls: false,
+        }
+    }
+
+    /// Where the connection goes: a cluster (`host`, ServiceEntry `ns/name`), or the
+    /// passthrough / black-hole pseudo clusters. Counts the connection as opened.
+    pub fn destination(&mut self, cluster: &str, host: Option<(&str, Option<&str>)>) {
+        let fallback = self
+            .sni
+            .clone()
+            .or_else(|| self.orig_dst.map(|d| d.ip().to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        let kind = match (cluster, host) {
+            (c, _) if c == BLACKHOLE_CLUSTER => DestinationKind::BlackHole { host: &fallback },
+            (c, _) if c == PASSTHROUGH_CLUSTER => DestinationKind::Passthrough { host: &fallback },
+            (_, Some((h, service))) => DestinationKind::Cluster { host: h, service },
+            _ => DestinationKind::Requested { host: &fallback },
+        };
+        let d = self.tel.istio.destination(kind);
+        self.tel.istio.tcp_opened(&d, "-");
+        self.dest = Some(d);
+        self.cluster = cluster.to_string();
+        self.passthrough_tls = self.protocol == "tls" && self.sni.is_some();
+    }
+
+    pub fn upstream(&mut self, addr: SocketAddr) {
+        self.upstream = Some(addr);
+    }
+
+    /// The connection was refused or failed: Envoy's response flag and a reason.
+    pub fn fail(&mut self, flags: &'static str, details: &'static str) {
+        self.flags = flags;
+        self.details = details;
+    }
+
+    pub fn bytes(&mut self, sent: u64, received: u64) {
+        self.sent = sent;
+        self.received = received;
+    }
+}
+
+impl Drop for L4Record {
+    fn drop(&mut self) {
+        if self.dest.is_none() {
+            // Refused before a destination was known (policy, bad request): still one
+            // connection to report.
+            let c = if self.flags == "NR" {
+                BLACKHOLE_CLUSTER
+            } else {
+                "-"
+            };
+            self.destination(c, None);
+        }
+        if let Some(d) = &self.dest {
+            self.tel
+                .istio
+                .tcp_closed(d, self.flags, self.sent, self.received);
+        }
+        if self.passthrough_tls
+            && self.upstream.is_some()
+            && let Some(sni) = &self.sni
+        {
+            self.tel.egret.tls_passthrough(
+                sni,
+                self.sent,
+                self.received,
+                self.start.elapsed().as_secs_f64(),
+            );
+        }
+        if let Some(l) = &self.rt.access_log {
+            l.log(&*self);
+        }
+    }
+}
+
+impl Fields for L4Record {
+    fn value(&self, op: &Op) -> Option<Cow<'_, str>> {
+        match op {
+            Op::StartTime => Some(Cow::Owned(format_time(self.start_wall))),
+            // Envoy writes `0` for the response code of a TCP connection.
+            Op::ResponseCode => Some(Cow::Borrowed("0")),
+            Op::ResponseFlags => Some(Cow::Borrowed(self.flags)),
+            Op::ResponseCodeDetails => (self.details != "-").then_some(Cow::Borrowed(self.details)),
+            Op::BytesReceived => Some(Cow::Owned(self.sent.to_string())),
+            Op::BytesSent => Some(Cow::Owned(self.received.to_string())),
+            Op::Duration => Some(Cow::Owned(self.start.elapsed().as_millis().to_string())),
+            Op::UpstreamHost => addr(self.upstream),
+            Op::UpstreamCluster => (!self.cluster.is_empty() && self.cluster != "-")
+                .then_some(Cow::Borrowed(self.cluster.as_str())),
+            Op::DownstreamLocalAddress => addr(self.orig_dst),
+            Op::DownstreamRemoteAddress => addr(Some(self.peer)),
+            Op::DownstreamRemoteAddressWithoutPort => Some(Cow::Owned(self.peer.ip().to_string())),
+            Op::DownstreamPeerUriSan => self.principal.as_deref().map(Cow::Borrowed),
+            Op::RequestedServerName => self.sni.as_deref().map(Cow::Borrowed),
+            _ => None,
+        }
+    }
+}
