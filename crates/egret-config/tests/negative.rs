@@ -1536,7 +1536,7 @@ fn mesh_config_from_istio_configmap_with_lines_inside_the_block() {
         d,
         [
             "test.yaml:13: warning: MeshConfig /mesh: discoverySelectors: not supported by egret, ignored",
-            "test.yaml:15: warning: MeshConfig /mesh: defaultConfig: not supported, ignored: ProxyConfig is Envoy/istio-agent configuration; egret takes its settings from the command line",
+            "test.yaml:15: warning: MeshConfig /mesh: defaultConfig: not supported, ignored: ProxyConfig is Envoy/istio-agent configuration; egret reads only `tracing.sampling` from it and takes the rest from the command line",
         ]
     );
     assert_eq!(
