@@ -36,6 +36,8 @@ pub struct Runtime {
     pub substitutions: HashMap<String, String>,
     /// AuthorizationPolicies, RequestAuthentications, external authorizers and rate limits.
     pub policy: crate::policy::enforce::PolicyRuntime,
+    /// When this runtime was built (the admin's `/server_info`: when the config was loaded).
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// Envoy/RE2 substitution (`\1` is group 1) to the regex crate's (`${1}`, `$$` for `$`).
@@ -184,6 +186,7 @@ impl Runtime {
             regexes,
             substitutions,
             policy,
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }
