@@ -127,9 +127,9 @@ impl Admin {
             }
             "/listeners" => serde_json::to_string_pretty(&inspect::listeners(&rt, &self.info)),
             "/routes" => serde_json::to_string_pretty(&inspect::routes(&rt)),
-            "/clusters" => {
-                serde_json::to_string_pretty(&inspect::clusters(&rt, &self.proxy.upstreams).await)
-            }
+            "/clusters" => serde_json::to_string_pretty(
+                &inspect::clusters(&rt, &self.proxy.upstreams, &self.info).await,
+            ),
             _ => serde_json::to_string_pretty(&inspect::certs(&rt, &self.proxy, &self.info)),
         };
         match json {

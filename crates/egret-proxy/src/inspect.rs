@@ -47,6 +47,10 @@ pub struct ProxyInfo {
     /// Gateway role: Gateway server port -> bound address, kept current across reloads.
     pub gateway: Option<Arc<Mutex<BTreeMap<u16, SocketAddr>>>>,
     pub credentials: CredentialStore,
+    /// The data plane's runtime. `/clusters` resolves names there, as a request would: the
+    /// resolver's connections live on the runtime that opens them, and the data plane must not
+    /// come to depend on the admin's thread (which stops first on shutdown).
+    pub data_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for ProxyInfo {
@@ -58,6 +62,7 @@ impl Default for ProxyInfo {
             admin: None,
             gateway: None,
             credentials: CredentialStore::default(),
+            data_runtime: None,
         }
     }
 }
@@ -601,7 +606,7 @@ pub struct EndpointView {
     pub resolution_error: Option<String>,
 }
 
-pub async fn clusters(rt: &Runtime, up: &Arc<Upstreams>) -> ClustersView {
+pub async fn clusters(rt: &Runtime, up: &Arc<Upstreams>, info: &ProxyInfo) -> ClustersView {
     let snap = &rt.snapshot;
     let mut names = BTreeSet::new();
     for c in &snap.clusters {
@@ -613,7 +618,7 @@ pub async fn clusters(rt: &Runtime, up: &Arc<Upstreams>) -> ClustersView {
             }
         }
     }
-    let resolved = resolve_all(up, names).await;
+    let resolved = resolve_all(up, names, info.data_runtime.as_ref()).await;
     let clusters = snap
         .clusters
         .iter()
@@ -630,10 +635,12 @@ fn is_name(address: &str) -> bool {
 }
 
 /// Resolve each name as the data path would (a gateway refuses forbidden ranges), through the
-/// same resolver and its cache, concurrently and each within [`RESOLVE_TIMEOUT`].
+/// same resolver and its cache, concurrently and each within [`RESOLVE_TIMEOUT`], on the data
+/// plane's runtime when given.
 async fn resolve_all(
     up: &Arc<Upstreams>,
     names: BTreeSet<String>,
+    runtime: Option<&tokio::runtime::Handle>,
 ) -> HashMap<String, Result<Vec<IpAddr>, String>> {
     let mut out = HashMap::new();
     let mut set = tokio::task::JoinSet::new();
@@ -646,7 +653,7 @@ async fn resolve_all(
             continue;
         }
         let up = up.clone();
-        set.spawn(async move {
+        let task = async move {
             let r = tokio::time::timeout(RESOLVE_TIMEOUT, async {
                 if up.gateway {
                     up.resolve_public(&name).await
@@ -661,7 +668,11 @@ async fn resolve_all(
                 Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
             };
             (name, r)
-        });
+        };
+        match runtime {
+            Some(h) => set.spawn_on(task, h),
+            None => set.spawn(task),
+        };
     }
     while let Some(joined) = set.join_next().await {
         if let Ok((name, r)) = joined {

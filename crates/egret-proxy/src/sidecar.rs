@@ -376,6 +376,7 @@ pub async fn start(
             admin: Some(admin_addr),
             gateway: opts.gateway.is_some().then(|| gateway_bound.clone()),
             credentials: opts.source.credentials.clone(),
+            data_runtime: Some(tokio::runtime::Handle::current()),
         },
     });
     // Control work (watching the configuration, the admin endpoint) runs on a runtime of its

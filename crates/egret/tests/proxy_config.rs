@@ -123,7 +123,15 @@ spec:
   selector: {{istio: egressgateway}}
   servers:
   - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: [api.example.test, dns.example.test]
+    hosts: [api.example.test, dns.example.test, cred.example.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cred, namespace: default}}
+spec:
+  hosts: [cred.example.test]
+  gateways: [istio-system/istio-egressgateway]
+  http: [{{route: [{{destination: {{host: cred.example.test, port: {{number: 80}}}}}}]}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -188,6 +196,25 @@ spec:
         privateKey: {key}
         caCertificates: {ca}
         sni: api.example.test
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cred, namespace: default}}
+spec:
+  hosts: [cred.example.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 203.0.113.30}}]
+---
+# TLS origination with a credential from --credentials-dir (Istio: a Kubernetes Secret). Only
+# the gateway reads it: a sidecar needs a workloadSelector on the DestinationRule (Istio).
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: cred, namespace: default}}
+spec:
+  host: cred.example.test
+  trafficPolicy:
+    tls: {{mode: MUTUAL, credentialName: cred-client, sni: cred.example.test}}
 {extra}",
         cert = cert.display(),
         key = key.display(),
@@ -235,6 +262,17 @@ fn proxy_config_shows_what_the_proxies_serve() -> Result<()> {
     let client = upstream_ca.issue_client("sleep-client")?;
     let cert_dir = dir.path().join("client");
     client.write_to_dir(&cert_dir, upstream_ca.ca_pem())?;
+    // And one from --credentials-dir (`credentialName`): DIR/<name>/{tls.crt,tls.key,ca.crt}.
+    let creds = dir.path().join("creds");
+    let cred = upstream_ca.issue_client("cred-client")?;
+    std::fs::create_dir_all(creds.join("cred-client"))?;
+    for (file, text) in [
+        ("tls.crt", cred.cert_pem.as_str()),
+        ("tls.key", cred.key_pem.as_str()),
+        ("ca.crt", upstream_ca.ca_pem()),
+    ] {
+        std::fs::write(creds.join("cred-client").join(file), text)?;
+    }
 
     let gw_port = free_port()?;
     let config = dir.path().join("mesh.yaml");
@@ -251,6 +289,8 @@ fn proxy_config_shows_what_the_proxies_serve() -> Result<()> {
         "istio=egressgateway",
         "--identity-dir",
         p(&gw_id),
+        "--credentials-dir",
+        p(&creds),
         "--listen",
         &format!("80=127.0.0.1:{gw_port}"),
         "--admin-port",
@@ -336,7 +376,7 @@ fn proxy_config_shows_what_the_proxies_serve() -> Result<()> {
     )?;
     row(
         &table,
-        &["80", "port", "HTTP", "Route: 80 (3 virtual hosts)"],
+        &["80", "port", "HTTP", "Route: 80 (4 virtual hosts)"],
     )?;
     row(&table, &["admin", &sc_admin.to_string(), "admin"])?;
     ensure!(
@@ -351,7 +391,7 @@ fn proxy_config_shows_what_the_proxies_serve() -> Result<()> {
             &format!("127.0.0.1:{gw_port}"),
             "80",
             "gateway_server",
-            "Server HTTP */api.example.test,*/dns.example.test",
+            "Server HTTP */api.example.test,*/dns.example.test,*/cred.example.test",
         ],
     )?;
 
@@ -548,6 +588,46 @@ fn proxy_config_shows_what_the_proxies_serve() -> Result<()> {
     row(
         &table,
         &[&client_name, "Cert Chain", "ACTIVE", "DNS:sleep-client"],
+    )?;
+
+    // The gateway presents the credentialName certificate.
+    let gw_certs = json_view(gw_admin, "secrets")?;
+    let kc = gw_certs["client_certificates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "kubernetes://cred-client"))
+        .context("no credentialName client certificate on the gateway")?;
+    ensure!(
+        kc["path"].as_str() == creds.join("cred-client").join("tls.crt").to_str()
+            && kc["certificate"]["not_after_unix"].as_i64()
+                == Some(not_after_unix(&cred.cert_pem)?)
+            && kc["destination_rules"][0] == "default/cred"
+            && kc["clusters"][0] == "outbound|80||cred.example.test",
+        "{kc}"
+    );
+    let table = proxy_config(gw_admin, "secrets", false)?;
+    row(
+        &table,
+        &["kubernetes://cred-client", "ACTIVE", "DNS:cred-client"],
+    )?;
+    // The sidecar has the cluster but cannot use the credential (Istio: no workloadSelector).
+    let cred_cluster = clusters["clusters"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"] == "outbound|80||cred.example.test")
+        })
+        .context("no cred cluster on the sidecar")?;
+    ensure!(
+        cred_cluster["tls"]["ready"] == false
+            && cred_cluster["tls"]["unusable"]
+                .as_str()
+                .is_some_and(|u| u.contains("workloadSelector")),
+        "{cred_cluster}"
+    );
+    let table = proxy_config(sc_admin, "clusters", false)?;
+    row(
+        &table,
+        &["cred.example.test", "MUTUAL (unusable)", "default/cred"],
     )?;
 
     // ---- all: every section, and every view's JSON parses.
