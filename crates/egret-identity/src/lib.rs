@@ -7,6 +7,8 @@
 //! - [`ca`]: [`Ca::init`], [`Ca::load`], [`Ca::issue`] → [`Svid`], [`Svid::write`].
 //! - [`verify`]: [`MeshClientVerifier`] (gateway side), [`MeshServerVerifier`] (sidecar side),
 //!   [`TrustBundle`], [`peer_spiffe_id`], and the rejection [`Reason`]s.
+//! - [`certinfo`]: [`certinfo::summarize`]: subject, SANs, serial and validity of any
+//!   certificate (for the admin's `/certs` view; no validation).
 //! - [`store`]: [`IdentityStore`]: load, reload, watch, rustls configs whose certificates and
 //!   trust bundle swap for new handshakes only.
 //!
@@ -15,6 +17,7 @@
 //! trust bundle and presents the current certificate.
 
 pub mod ca;
+pub mod certinfo;
 mod error;
 mod fsutil;
 pub mod spiffe;

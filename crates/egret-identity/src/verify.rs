@@ -241,7 +241,7 @@ fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     Ok(id)
 }
 
-fn asn1_time(t: &x509_parser::time::ASN1Time) -> SystemTime {
+pub(crate) fn asn1_time(t: &x509_parser::time::ASN1Time) -> SystemTime {
     let ts = t.timestamp();
     if ts >= 0 {
         UNIX_EPOCH + Duration::from_secs(ts.unsigned_abs())
@@ -369,6 +369,8 @@ fn chain_error(err: rustls::Error, who: &SpiffeId) -> SvidError {
 #[derive(Debug)]
 pub(crate) struct BundleState {
     roots: Arc<RootCertStore>,
+    /// The roots as installed (the store above keeps only trust anchors), for the admin view.
+    ders: Arc<[CertificateDer<'static>]>,
     /// webpki path validation for client certificates against `roots` (clientAuth purpose).
     client_chain: Arc<dyn ClientCertVerifier>,
 }
@@ -378,6 +380,7 @@ impl BundleState {
         if roots.is_empty() {
             return Err(IdentityError::Bundle("no root certificates".into()));
         }
+        let ders: Arc<[CertificateDer<'static>]> = roots.clone().into();
         let mut store = RootCertStore::empty();
         for (i, der) in roots.into_iter().enumerate() {
             store
@@ -392,6 +395,7 @@ impl BundleState {
                 .map_err(|e| IdentityError::Bundle(e.to_string()))?;
         Ok(BundleState {
             roots,
+            ders,
             client_chain,
         })
     }
@@ -438,6 +442,11 @@ impl TrustBundle {
     /// The current roots.
     pub fn roots(&self) -> Arc<RootCertStore> {
         self.state.load().roots.clone()
+    }
+
+    /// The current roots as DER certificates, in the order they were given.
+    pub fn root_certs(&self) -> Arc<[CertificateDer<'static>]> {
+        self.state.load().ders.clone()
     }
 
     /// Number of roots.

@@ -1,6 +1,7 @@
 //! The admin endpoint (127.0.0.1:15000 by default, Istio's port): `/ready`, `/config_dump`,
-//! `/metrics`, `/logging?level=`. Loopback only unless told otherwise: it shows the whole
-//! configuration.
+//! `/metrics`, `/logging?level=`, and the views `egret proxy-config` reads (`/server_info`,
+//! `/listeners`, `/routes`, `/clusters`, `/certs`: [`crate::inspect`]). Loopback only unless
+//! told otherwise: it shows the whole configuration.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub struct Admin {
     /// draining.
     pub ready: Arc<AtomicBool>,
     pub set_log_level: Option<SetLogLevel>,
+    /// Listening addresses, start time, credentials: what the inspection views add to the
+    /// snapshot.
+    pub info: crate::inspect::ProxyInfo,
 }
 
 impl Admin {
@@ -42,7 +46,7 @@ impl Admin {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let m = me.clone();
-                    async move { Ok::<_, Infallible>(m.route(req)) }
+                    async move { Ok::<_, Infallible>(m.route(req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -72,8 +76,12 @@ impl Admin {
         out
     }
 
-    fn route(&self, req: Request<Incoming>) -> Response<RespBody> {
+    async fn route(&self, req: Request<Incoming>) -> Response<RespBody> {
         match (req.method(), req.uri().path()) {
+            (
+                &Method::GET,
+                path @ ("/server_info" | "/listeners" | "/routes" | "/clusters" | "/certs"),
+            ) => self.inspect(path).await,
             (&Method::GET, "/ready") | (&Method::GET, "/healthz/ready") => {
                 if self.ready.load(Ordering::Acquire) {
                     local(StatusCode::OK, "ready\n")
@@ -123,8 +131,38 @@ impl Admin {
             }
             _ => local(
                 StatusCode::NOT_FOUND,
-                "endpoints: /ready /config_dump /metrics /logging?level=\n",
+                "endpoints: /ready /server_info /listeners /routes /clusters /certs /config_dump /metrics /logging?level=\n",
             ),
+        }
+    }
+}
+
+impl Admin {
+    /// The inspection views, computed now from the current runtime (docs/proxy-config.md).
+    async fn inspect(&self, path: &str) -> Response<RespBody> {
+        use crate::inspect;
+        let rt = self.proxy.state.load_full();
+        let json = match path {
+            "/server_info" => {
+                serde_json::to_string_pretty(&inspect::server_info(&rt, &self.proxy, &self.info))
+            }
+            "/listeners" => serde_json::to_string_pretty(&inspect::listeners(&rt, &self.info)),
+            "/routes" => serde_json::to_string_pretty(&inspect::routes(&rt)),
+            "/clusters" => serde_json::to_string_pretty(
+                &inspect::clusters(&rt, &self.proxy.upstreams, &self.info).await,
+            ),
+            _ => serde_json::to_string_pretty(&inspect::certs(&rt, &self.proxy, &self.info)),
+        };
+        match json {
+            Ok(s) => {
+                let mut r = local(StatusCode::OK, s);
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => local(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Runtime {
     pub policy: crate::policy::enforce::PolicyRuntime,
     /// Where this snapshot's access log and spans go.
     pub telemetry: crate::telemetry::TelemetryRuntime,
+    /// When this runtime was built (the admin's `/server_info`: when the config was loaded).
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// Envoy/RE2 substitution (`\1` is group 1) to the regex crate's (`${1}`, `$$` for `$`).
@@ -194,6 +196,7 @@ impl Runtime {
             substitutions,
             policy,
             telemetry,
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod detect;
 pub mod gateway;
 pub mod http;
+pub mod inspect;
 pub mod io;
 pub mod mesh;
 pub mod metrics;

@@ -392,6 +392,15 @@ pub async fn start(
         proxy: proxy.clone(),
         ready: ready.clone(),
         set_log_level,
+        info: crate::inspect::ProxyInfo {
+            started: std::time::SystemTime::now(),
+            outbound: outbound_addr,
+            explicit: explicit_addr,
+            admin: Some(admin_addr),
+            gateway: opts.gateway.is_some().then(|| gateway_bound.clone()),
+            credentials: opts.source.credentials.clone(),
+            data_runtime: Some(tokio::runtime::Handle::current()),
+        },
     });
     // Control work (watching the configuration, the admin endpoint) runs on a runtime of its
     // own, in its own thread, as ztunnel does: a saturated data plane cannot delay a config

@@ -555,6 +555,16 @@ impl Upstreams {
         });
     }
 
+    /// The health of one endpoint of `cluster`, as the admin's `/clusters` view reports it
+    /// (Envoy's health status names). This is the single place endpoint ejection state is
+    /// reported: outlier detection, when it ejects an endpoint, answers here (e.g.
+    /// `UNHEALTHY`); until then every endpoint the proxy can address is `HEALTHY`. Called
+    /// only from the admin endpoint, never on the request path.
+    pub fn endpoint_health(&self, cluster: &str, addr: SocketAddr) -> &'static str {
+        let _ = (cluster, addr);
+        "HEALTHY"
+    }
+
     /// Idle pooled connections (for tests and the admin view).
     pub fn idle_connections(&self) -> usize {
         self.idle

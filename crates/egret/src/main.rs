@@ -9,6 +9,7 @@ use egret_model::{ProxyIdentity, Role};
 
 mod ca;
 mod output;
+mod proxy_config;
 mod run;
 
 #[derive(Parser)]
@@ -47,6 +48,9 @@ enum Command {
     /// The mesh CA: `init` creates a root and signing intermediate, `issue` writes a workload
     /// identity (cert-chain.pem, key.pem, root-cert.pem).
     Ca(ca::CaArgs),
+    /// What a running proxy serves, read from its admin endpoint (like `istioctl
+    /// proxy-config`): listeners, routes, clusters, endpoints, secrets, version or all.
+    ProxyConfig(proxy_config::ProxyConfigArgs),
     /// Compile the configuration for one proxy and print its snapshot.
     Compile {
         #[arg(long, value_parser = parse_role)]
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => run::gateway(args),
         Command::Iptables(args) => run::iptables(args),
         Command::Ca(args) => ca::run(args),
+        Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Validate {
             paths,
             mesh_config,
