@@ -16,6 +16,7 @@ pub mod http;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod proxy;
 pub mod sidecar;
