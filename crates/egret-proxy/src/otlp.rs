@@ -791,6 +791,8 @@ impl Batcher {
     /// Sends `batch` once and empties it; counts the outcome.
     async fn send(&mut self, batch: &mut Vec<SpanData>, deadline: Option<Instant>) {
         let n = batch.len() as u64;
+        // A shutdown that began while this batch was being filled bounds it too.
+        let mut deadline = deadline.or(*self.shutdown_rx.borrow());
         if deadline.is_some_and(|d| Instant::now() >= d) {
             self.counters.dropped.fetch_add(n, Ordering::Relaxed);
             batch.clear();
@@ -802,7 +804,9 @@ impl Batcher {
         {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
-                _ = self.shutdown_rx.changed() => {}
+                _ = self.shutdown_rx.changed() => {
+                    deadline = *self.shutdown_rx.borrow();
+                }
             }
         }
         let req = proto::ExportTraceServiceRequest {
@@ -1059,6 +1063,7 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use egret_config::types::mesh::OpenTelemetryProvider;
 
