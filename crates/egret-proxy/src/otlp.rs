@@ -547,9 +547,18 @@ impl OtlpConfig {
         Ok(cfg)
     }
 
-    /// Checks the headers are valid HTTP header names and values, and not ones the exporter
-    /// owns (`content-type`, `te`, `host`, gRPC's `grpc-*`).
+    /// Checks the OTLP/HTTP path is an absolute request path and the headers are valid HTTP
+    /// header names and values, and not ones the exporter owns (`content-type`, `te`, `host`,
+    /// gRPC's `grpc-*`).
     pub fn validate(&self) -> Result<(), OtlpConfigError> {
+        if let OtlpProtocol::Http { path } = &self.protocol
+            && (!path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err())
+        {
+            return Err(OtlpConfigError::BadHttpField {
+                field: "path",
+                reason: format!("{path:?} is not an absolute request path"),
+            });
+        }
         for (n, v) in &self.headers {
             parse_header(n, v)?;
         }
@@ -1045,7 +1054,16 @@ impl Client {
                     .map(Bytes::copy_from_slice)
                     .unwrap_or_default()
             }
-            OtlpProtocol::Http { .. } => body,
+            // Only a protobuf answer can carry a partial success we understand.
+            OtlpProtocol::Http { .. }
+                if parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/x-protobuf")) =>
+            {
+                body
+            }
+            OtlpProtocol::Http { .. } => Bytes::new(),
         };
         // OTLP partial success: count what the collector rejected (never retried).
         let rejected = proto::ExportTraceServiceResponse::decode(message)
@@ -1142,6 +1160,7 @@ mod tests {
         for bad in [
             serde_json::json!("yes"),
             serde_json::json!({"path": "v1/traces"}),
+            serde_json::json!({"path": "/v1/traces bad"}),
             serde_json::json!({"timeout": "soon"}),
             serde_json::json!({"timeout": "0s"}),
             serde_json::json!({"headers": [{"name": "x"}]}),

@@ -414,3 +414,24 @@ async fn http_export_reuses_one_connection() -> Result<()> {
     exp.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_success_rejections_are_counted_as_dropped() -> Result<()> {
+    for protocol in [OtlpProtocol::Grpc, http()] {
+        let rx = OtlpReceiver::start().await?;
+        rx.set_partial_rejects(3);
+        let mut cfg = config(&rx, protocol.clone());
+        cfg.flush_interval = Duration::from_secs(3600);
+        let exp = OtlpExporter::start(cfg);
+        for i in 0..10 {
+            exp.export(span(11, i, None));
+        }
+        // One request of 10 spans, 3 of which the collector rejects: never retried.
+        exp.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(rx.requests().len(), 1, "{protocol:?}");
+        assert_eq!(exp.exported(), 7, "{protocol:?}");
+        assert_eq!(exp.dropped(), 3);
+        assert_eq!(exp.failed_batches(), 0);
+    }
+    Ok(())
+}

@@ -93,6 +93,7 @@ struct State {
     requests: Mutex<Vec<ReceivedRequest>>,
     delay_ms: AtomicU64,
     failing: AtomicBool,
+    rejects: AtomicU64,
     started: AtomicU64,
     answered: AtomicU64,
     connections: AtomicU64,
@@ -178,6 +179,12 @@ impl OtlpReceiver {
     /// spans.
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Answer each export with an OTLP partial success rejecting this many of its spans
+    /// (at most all of them); 0 answers plain success.
+    pub fn set_partial_rejects(&self, n: u64) {
+        self.state.rejects.store(n, Ordering::SeqCst);
     }
 
     /// Export requests that have arrived (whole body read), answered or not.
@@ -335,6 +342,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     };
     let failing = state.failing.load(Ordering::SeqCst);
     let spans = flatten(&decoded, transport, &path);
+    let n_spans = spans.len();
     if let Ok(mut r) = state.requests.lock() {
         r.push(ReceivedRequest {
             transport,
@@ -352,7 +360,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     state.answered.fetch_add(1, Ordering::SeqCst);
-    let answer = proto::ExportTraceServiceResponse::default().encode_to_vec();
+    let rejects = state.rejects.load(Ordering::SeqCst).min(n_spans as u64);
+    let answer = proto::ExportTraceServiceResponse {
+        partial_success: (rejects > 0).then(|| proto::ExportTracePartialSuccess {
+            rejected_spans: rejects as i64,
+            error_message: "receiver set to reject".into(),
+        }),
+    }
+    .encode_to_vec();
     Ok(match (transport, failing) {
         (Transport::Grpc, true) => grpc_error(14, "receiver set to fail"),
         (Transport::Http, true) => {
