@@ -839,7 +839,11 @@ impl Batcher {
             let t = Instant::now() + self.client.timeout;
             deadline.map_or(t, |d| d.min(t))
         };
-        match self.client.export(&req, until).await {
+        match self
+            .client
+            .export(&req, until, self.shutdown_rx.clone())
+            .await
+        {
             Ok(rejected) => {
                 let rejected = rejected.min(n);
                 self.counters
@@ -856,6 +860,20 @@ impl Batcher {
                     tracing::debug!(target: "otlp", collector = %self.client.authority, spans = n, "span export failed, batch dropped: {e}");
                 }
             }
+        }
+    }
+}
+
+/// Completes when a shutdown deadline is set and has passed; never if none is set.
+async fn shutdown_deadline(rx: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *rx.borrow_and_update();
+        if let Some(d) = deadline {
+            tokio::time::sleep_until(d).await;
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -890,13 +908,21 @@ struct Client {
 }
 
 impl Client {
-    /// Exports one request before `until`; returns the number of spans the collector rejected.
+    /// Exports one request before `until`, or before the shutdown deadline should one be set
+    /// meanwhile; returns the number of spans the collector rejected.
     async fn export(
         &mut self,
         req: &proto::ExportTraceServiceRequest,
         until: Instant,
+        mut shutdown: watch::Receiver<Option<Instant>>,
     ) -> Result<u64, ExportError> {
-        let result = match tokio::time::timeout_at(until, self.try_export(req)).await {
+        let attempt = async {
+            tokio::select! {
+                r = self.try_export(req) => r,
+                _ = shutdown_deadline(&mut shutdown) => Err(ExportError::Timeout),
+            }
+        };
+        let result = match tokio::time::timeout_at(until, attempt).await {
             Ok(r) => r,
             Err(_) => Err(ExportError::Timeout),
         };

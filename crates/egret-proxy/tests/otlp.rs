@@ -233,7 +233,9 @@ async fn collector_down_drops_and_counts_then_recovers() -> Result<()> {
     for protocol in [OtlpProtocol::Grpc, http()] {
         let mut rx = OtlpReceiver::start().await?;
         let mut cfg = config(&rx, protocol.clone());
-        cfg.queue_size = 64;
+        // Small, so that draining the queue through failing batches (each after a growing
+        // backoff) takes few attempts.
+        cfg.queue_size = 32;
         cfg.batch_size = 16;
         let exp = OtlpExporter::start(cfg);
         // A connection is up before the collector goes away.
@@ -249,7 +251,7 @@ async fn collector_down_drops_and_counts_then_recovers() -> Result<()> {
         // The queue is bounded: most spans are dropped at once, the rest when their batches
         // fail; nothing waits for a collector that is not there.
         assert!(
-            exp.dropped() >= N - 64 - 16,
+            exp.dropped() >= N - 32 - 16,
             "dropped {} of {N}",
             exp.dropped()
         );
@@ -383,13 +385,25 @@ async fn shutdown_gives_up_at_the_deadline_when_the_collector_hangs() -> Result<
     let rx = OtlpReceiver::start().await?;
     rx.set_delay(Duration::from_secs(3600));
     let mut cfg = config(&rx, OtlpProtocol::Grpc);
-    cfg.flush_interval = Duration::from_secs(3600);
+    // The export's own timeout is far away: only the shutdown deadline can end it.
+    cfg.timeout = Duration::from_secs(3600);
     let exp = OtlpExporter::start(cfg);
-    for i in 0..100 {
+    exp.export(span(10, 0, None));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rx.requests_started() < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        rx.requests_started(),
+        1,
+        "the first export is at the collector"
+    );
+    for i in 1..100 {
         exp.export(span(10, i, None));
     }
-    // The collector never answers; shutdown must still return (bounded by the deadline), and
-    // the spans count as dropped. The outer timeout only turns a hang into a failure.
+    // The collector never answers; shutdown must still return (bounded by its deadline): the
+    // export in flight is abandoned and every span counts as dropped. The outer timeout only
+    // turns a hang into a failure.
     tokio::time::timeout(WAIT, exp.shutdown(Duration::from_millis(300))).await?;
     assert_eq!(rx.requests_answered(), 0);
     assert_eq!(exp.exported(), 0);
