@@ -547,9 +547,18 @@ impl OtlpConfig {
         Ok(cfg)
     }
 
-    /// Checks the headers are valid HTTP header names and values, and not ones the exporter
-    /// owns (`content-type`, `te`, `host`, gRPC's `grpc-*`).
+    /// Checks the OTLP/HTTP path is an absolute request path and the headers are valid HTTP
+    /// header names and values, and not ones the exporter owns (`content-type`, `te`, `host`,
+    /// gRPC's `grpc-*`).
     pub fn validate(&self) -> Result<(), OtlpConfigError> {
+        if let OtlpProtocol::Http { path } = &self.protocol
+            && (!path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err())
+        {
+            return Err(OtlpConfigError::BadHttpField {
+                field: "path",
+                reason: format!("{path:?} is not an absolute request path"),
+            });
+        }
         for (n, v) in &self.headers {
             parse_header(n, v)?;
         }
@@ -791,6 +800,8 @@ impl Batcher {
     /// Sends `batch` once and empties it; counts the outcome.
     async fn send(&mut self, batch: &mut Vec<SpanData>, deadline: Option<Instant>) {
         let n = batch.len() as u64;
+        // A shutdown that began while this batch was being filled bounds it too.
+        let mut deadline = deadline.or(*self.shutdown_rx.borrow());
         if deadline.is_some_and(|d| Instant::now() >= d) {
             self.counters.dropped.fetch_add(n, Ordering::Relaxed);
             batch.clear();
@@ -802,7 +813,9 @@ impl Batcher {
         {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
-                _ = self.shutdown_rx.changed() => {}
+                _ = self.shutdown_rx.changed() => {
+                    deadline = *self.shutdown_rx.borrow();
+                }
             }
         }
         let req = proto::ExportTraceServiceRequest {
@@ -826,7 +839,11 @@ impl Batcher {
             let t = Instant::now() + self.client.timeout;
             deadline.map_or(t, |d| d.min(t))
         };
-        match self.client.export(&req, until).await {
+        match self
+            .client
+            .export(&req, until, self.shutdown_rx.clone())
+            .await
+        {
             Ok(rejected) => {
                 let rejected = rejected.min(n);
                 self.counters
@@ -843,6 +860,20 @@ impl Batcher {
                     tracing::debug!(target: "otlp", collector = %self.client.authority, spans = n, "span export failed, batch dropped: {e}");
                 }
             }
+        }
+    }
+}
+
+/// Completes when a shutdown deadline is set and has passed; never if none is set.
+async fn shutdown_deadline(rx: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *rx.borrow_and_update();
+        if let Some(d) = deadline {
+            tokio::time::sleep_until(d).await;
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -877,13 +908,21 @@ struct Client {
 }
 
 impl Client {
-    /// Exports one request before `until`; returns the number of spans the collector rejected.
+    /// Exports one request before `until`, or before the shutdown deadline should one be set
+    /// meanwhile; returns the number of spans the collector rejected.
     async fn export(
         &mut self,
         req: &proto::ExportTraceServiceRequest,
         until: Instant,
+        mut shutdown: watch::Receiver<Option<Instant>>,
     ) -> Result<u64, ExportError> {
-        let result = match tokio::time::timeout_at(until, self.try_export(req)).await {
+        let attempt = async {
+            tokio::select! {
+                r = self.try_export(req) => r,
+                _ = shutdown_deadline(&mut shutdown) => Err(ExportError::Timeout),
+            }
+        };
+        let result = match tokio::time::timeout_at(until, attempt).await {
             Ok(r) => r,
             Err(_) => Err(ExportError::Timeout),
         };
@@ -1041,7 +1080,16 @@ impl Client {
                     .map(Bytes::copy_from_slice)
                     .unwrap_or_default()
             }
-            OtlpProtocol::Http { .. } => body,
+            // Only a protobuf answer can carry a partial success we understand.
+            OtlpProtocol::Http { .. }
+                if parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/x-protobuf")) =>
+            {
+                body
+            }
+            OtlpProtocol::Http { .. } => Bytes::new(),
         };
         // OTLP partial success: count what the collector rejected (never retried).
         let rejected = proto::ExportTraceServiceResponse::decode(message)
@@ -1059,6 +1107,7 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use egret_config::types::mesh::OpenTelemetryProvider;
 
@@ -1137,6 +1186,7 @@ mod tests {
         for bad in [
             serde_json::json!("yes"),
             serde_json::json!({"path": "v1/traces"}),
+            serde_json::json!({"path": "/v1/traces bad"}),
             serde_json::json!({"timeout": "soon"}),
             serde_json::json!({"timeout": "0s"}),
             serde_json::json!({"headers": [{"name": "x"}]}),

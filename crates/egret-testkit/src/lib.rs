@@ -8,6 +8,8 @@
 //! - [`nginx`]: Debian's nginx as the external HTTPS (and mTLS) service.
 //! - [`server`]: egret-test-server (`/delay/N`, `/status/N`, `/headers`, `/echo`), as a
 //!   process in a namespace or in-process.
+//! - [`otlp`]: an OTLP/gRPC + OTLP/HTTP trace receiver ([`otlp::OtlpReceiver`]), stoppable,
+//!   restartable, slow or failing on demand.
 //! - [`redis`]: redis-server on a free local port, stoppable and restartable ([`redis::Redis`]).
 //! - [`process`]: commands with deadlines, kill-on-drop children, temp dirs, preflight.
 //!
@@ -20,6 +22,7 @@ pub mod fn_server;
 pub mod jwt;
 pub mod netns;
 pub mod nginx;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 pub mod server;
@@ -29,5 +32,6 @@ pub use dns::{Dns, DnsRecord};
 pub use fn_server::FnServer;
 pub use netns::{Mode, Netns, SecondGateway, Topology, addrs};
 pub use nginx::{Nginx, NginxConfig};
+pub use otlp::OtlpReceiver;
 pub use process::{CmdOutput, Process, TempDir, preflight};
 pub use server::{InProcessServer, TestServer, TestServerConfig};
