@@ -140,7 +140,13 @@ impl Tracer {
             tracing::warn!(target: "config", provider = %provider.name, "tracing disabled: {e}");
             return None;
         }
-        let key = format!("{service}:{port}:{:?}", http.as_ref().map(|h| &h.path));
+        // One exporter per collector and service name: two proxies in one process (tests,
+        // `egret up`) keep their own resource.
+        let key = format!(
+            "{service}:{port}:{:?}:{}",
+            http.as_ref().map(|h| &h.path),
+            cfg.service_name
+        );
         let exporter = exporter(&key, cfg)?;
         let threshold = if settings.sampling >= 100.0 {
             u64::MAX
