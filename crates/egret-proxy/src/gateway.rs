@@ -64,7 +64,15 @@ impl Proxy {
         if !self.allow_direct {
             // Egress through the gateway is for mesh workloads: without the tunnel there is no
             // verified caller identity to log or authorize.
-            self.metrics.connection("refused_not_mesh", "tcp");
+            let conn = ConnInfo::new(peer, None, Mode::Gateway, port);
+            self.refused(
+                &rt,
+                &conn,
+                None,
+                "tcp",
+                "refused_not_mesh",
+                "not_mesh_tunnel",
+            );
             tracing::warn!(
                 target: "policy",
                 %peer,
@@ -212,7 +220,14 @@ impl Proxy {
         let peer = conn.peer;
         let rt = self.state.load_full();
         let Some(listener) = rt.snapshot.listener(port) else {
-            self.metrics.connection("no_route", "tcp");
+            self.refused(
+                &rt,
+                &conn,
+                None,
+                "tcp",
+                "no_route",
+                "filter_chain_not_found",
+            );
             return;
         };
         let tunnelled = conn.tunnel_host.is_some();
@@ -224,7 +239,7 @@ impl Proxy {
                 return self.serve_http(stream, prefix, conn).await;
             }
             (ListenerProtocol::Http, _) => {
-                self.metrics.connection("bad_request", "tcp");
+                self.refused(&rt, &conn, None, "tcp", "bad_request", "malformed_stream");
                 tracing::warn!(target: "policy", %peer, port, "expected HTTP on an HTTP gateway port: closed");
                 return;
             }
@@ -235,7 +250,14 @@ impl Proxy {
                         self.forward_l4(&rt, &chain, stream, prefix, conn, None, "tcp")
                             .await
                     }
-                    None => self.metrics.connection("no_route", "tcp"),
+                    None => self.refused(
+                        &rt,
+                        &conn,
+                        None,
+                        "tcp",
+                        "no_route",
+                        "filter_chain_not_found",
+                    ),
                 }
                 return;
             }
@@ -248,13 +270,20 @@ impl Proxy {
                 // for the CONNECT's host.
                 let host = conn.tunnel_host.clone().unwrap_or_default();
                 let Some((_, server)) = pick_server(&listener.servers, &host) else {
-                    self.metrics.connection("no_route", "tcp");
+                    self.refused(
+                        &rt,
+                        &conn,
+                        None,
+                        "tcp",
+                        "no_route",
+                        "filter_chain_not_found",
+                    );
                     tracing::warn!(target: "policy", %peer, port, host, principal = conn.principal(), "no Gateway server for this host: closed");
                     return;
                 };
                 let mode = server.tls.as_ref().map(|t| t.mode);
                 if mode == Some(ServerTlsMode::Passthrough) {
-                    self.metrics.connection("bad_request", "tcp");
+                    self.refused(&rt, &conn, None, "tcp", "bad_request", "malformed_stream");
                     tracing::warn!(target: "policy", %peer, port, host, "PASSTHROUGH server expects TLS from the application: closed");
                     return;
                 }
@@ -265,7 +294,14 @@ impl Proxy {
                             self.forward_l4(&rt, &chain, stream, prefix, conn, Some(host), "tcp")
                                 .await
                         }
-                        None => self.metrics.connection("no_route", "tcp"),
+                        None => self.refused(
+                            &rt,
+                            &conn,
+                            None,
+                            "tcp",
+                            "no_route",
+                            "filter_chain_not_found",
+                        ),
                     }
                 } else {
                     self.serve_http(stream, prefix, conn).await
@@ -273,20 +309,27 @@ impl Proxy {
                 return;
             }
             _ => {
-                self.metrics.connection("bad_request", "tcp");
+                self.refused(&rt, &conn, None, "tcp", "bad_request", "malformed_stream");
                 tracing::warn!(target: "policy", %peer, port, "expected TLS on a TLS gateway port: closed");
                 return;
             }
         };
         let Some(sni) = hello.sni.clone() else {
             // Egress hygiene: a gateway routes TLS by name; without SNI there is no name.
-            self.metrics.connection("bad_request", "tls");
+            self.refused(&rt, &conn, None, "tls", "bad_request", "malformed_stream");
             tracing::warn!(target: "policy", %peer, port, reason = "no_sni", "TLS without SNI refused");
             return;
         };
         if sni.parse::<IpAddr>().is_ok() {
             // Egress hygiene: an IP address is not a name the gateway can check or resolve.
-            self.metrics.connection("bad_request", "tls");
+            self.refused(
+                &rt,
+                &conn,
+                Some(&sni),
+                "tls",
+                "bad_request",
+                "malformed_stream",
+            );
             tracing::warn!(target: "policy", %peer, port, %sni, reason = "ip_sni", "IP literal as SNI refused");
             return;
         }
@@ -294,12 +337,26 @@ impl Proxy {
             && !host.eq_ignore_ascii_case(&sni)
         {
             // Egress hygiene: the stream was announced for one host and names another inside.
-            self.metrics.connection("bad_request", "tls");
+            self.refused(
+                &rt,
+                &conn,
+                Some(&sni),
+                "tls",
+                "bad_request",
+                "malformed_stream",
+            );
             tracing::warn!(target: "policy", %peer, port, %sni, connect = %host, reason = "connect_sni_mismatch", principal = conn.principal(), "CONNECT authority differs from the inner SNI: refused");
             return;
         }
         let Some((idx, server)) = pick_server(&listener.servers, &sni) else {
-            self.metrics.connection("no_route", "tls");
+            self.refused(
+                &rt,
+                &conn,
+                Some(&sni),
+                "tls",
+                "no_route",
+                "filter_chain_not_found",
+            );
             tracing::warn!(target: "policy", %peer, port, %sni, "no Gateway server for this SNI: closed");
             return;
         };
@@ -317,7 +374,14 @@ impl Proxy {
                             .await
                     }
                     None => {
-                        self.metrics.connection("no_route", "tls");
+                        self.refused(
+                            &rt,
+                            &conn,
+                            Some(&sni),
+                            "tls",
+                            "no_route",
+                            "filter_chain_not_found",
+                        );
                         tracing::warn!(target: "policy", %peer, port, %sni, "no TLS route for this SNI: closed");
                     }
                 }
@@ -332,7 +396,14 @@ impl Proxy {
                         self.forward_l4(&rt, &chain, stream, prefix, conn, Some(sni), "tls")
                             .await
                     }
-                    None => self.metrics.connection("no_route", "tls"),
+                    None => self.refused(
+                        &rt,
+                        &conn,
+                        Some(&sni),
+                        "tls",
+                        "no_route",
+                        "filter_chain_not_found",
+                    ),
                 }
                 return;
             }
@@ -340,7 +411,14 @@ impl Proxy {
         }
         let Some(config) = rt.servers.get(&(port, idx)).cloned() else {
             // ISTIO_MUTUAL servers are served through the mesh tunnel only.
-            self.metrics.connection("bad_request", "tls");
+            self.refused(
+                &rt,
+                &conn,
+                Some(&sni),
+                "tls",
+                "bad_request",
+                "malformed_stream",
+            );
             tracing::warn!(target: "policy", %peer, port, %sni, ?mode, "this server is reachable only through the mesh tunnel: closed");
             return;
         };
@@ -352,7 +430,14 @@ impl Proxy {
         {
             Ok(t) => t,
             Err(e) => {
-                self.metrics.connection("bad_request", "tls");
+                self.refused(
+                    &rt,
+                    &conn,
+                    Some(&sni),
+                    "tls",
+                    "bad_request",
+                    "malformed_stream",
+                );
                 tracing::warn!(target: "policy", %peer, port, %sni, "TLS handshake failed: {e}");
                 return;
             }
@@ -365,7 +450,14 @@ impl Proxy {
                     self.forward_l4(&rt, &chain, tls, Bytes::new(), conn, Some(sni), "tcp")
                         .await
                 }
-                None => self.metrics.connection("no_route", "tcp"),
+                None => self.refused(
+                    &rt,
+                    &conn,
+                    None,
+                    "tcp",
+                    "no_route",
+                    "filter_chain_not_found",
+                ),
             }
         } else {
             self.serve_http(tls, Bytes::new(), conn).await

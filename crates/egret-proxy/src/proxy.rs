@@ -265,6 +265,23 @@ impl Proxy {
         }
     }
 
+    /// A TCP/TLS connection refused before anything was forwarded (no route, not the mesh
+    /// tunnel, a malformed stream): counted by outcome, and one access-log line / Istio TCP
+    /// series like every other connection (`NR` for no route).
+    pub(crate) fn refused(
+        &self,
+        rt: &Runtime,
+        conn: &ConnInfo,
+        sni: Option<&str>,
+        protocol: &'static str,
+        outcome: &'static str,
+        details: &'static str,
+    ) {
+        self.metrics.connection(outcome, protocol);
+        let mut rec = L4Record::start(&self.telemetry, &rt.telemetry, conn, sni, protocol);
+        rec.fail(if outcome == "no_route" { "NR" } else { "-" }, details);
+    }
+
     /// AuthorizationPolicies (and rate limits) for a TLS/TCP connection, before anything is
     /// forwarded. `false`: refused, counted and logged; dropping the stream closes it.
     pub(crate) async fn connection_allowed(
