@@ -37,7 +37,7 @@ pub struct Runtime {
     /// AuthorizationPolicies, RequestAuthentications, external authorizers and rate limits.
     pub policy: crate::policy::enforce::PolicyRuntime,
     /// Where this snapshot's access log and spans go.
-    pub telemetry: crate::telemetry::TelemetryRuntime,
+    pub telemetry: Arc<crate::telemetry::TelemetryRuntime>,
     /// When this runtime was built (the admin's `/server_info`: when the config was loaded).
     pub loaded_at: std::time::SystemTime,
 }
@@ -171,7 +171,7 @@ impl Runtime {
             }
         }
         let telemetry = match crate::telemetry::TelemetryRuntime::for_snapshot(&snapshot) {
-            Ok(t) => t,
+            Ok(t) => Arc::new(t),
             Err(e) => {
                 errors.push(e);
                 Default::default()

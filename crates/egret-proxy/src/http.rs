@@ -108,11 +108,11 @@ pub async fn handle(
             status: out.status,
             flags: out.flags,
             details: out.details,
-            cluster: &out.cluster,
+            cluster: out.cluster,
             upstream: out.upstream,
-            route: &out.route,
+            route: out.route,
         },
-        &authority,
+        authority,
         cluster,
     );
     Ok(resp.map(|b| Recorded::new(b, rec).boxed()))

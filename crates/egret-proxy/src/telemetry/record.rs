@@ -16,18 +16,18 @@ use super::{Telemetry, TelemetryRuntime};
 use crate::proxy::ConnInfo;
 
 /// How a request ended, as the data path decided it.
-pub struct HttpOutcome<'a> {
+pub struct HttpOutcome {
     pub status: u16,
     pub flags: &'static str,
     pub details: &'static str,
-    pub cluster: &'a str,
+    pub cluster: String,
     pub upstream: Option<SocketAddr>,
-    pub route: &'a str,
+    pub route: String,
 }
 
 pub struct HttpRecord {
     tel: Arc<Telemetry>,
-    rt: TelemetryRuntime,
+    rt: Arc<TelemetryRuntime>,
     conn: Arc<ConnInfo>,
     start: Instant,
     start_wall: SystemTime,
@@ -60,14 +60,15 @@ impl HttpRecord {
     /// (rewriting the trace headers the upstream will see).
     pub fn start<B>(
         tel: &Arc<Telemetry>,
-        rt: &TelemetryRuntime,
+        rt: &Arc<TelemetryRuntime>,
         conn: &Arc<ConnInfo>,
         req: &mut Request<B>,
     ) -> HttpRecord {
         let request_id = http::HeaderName::from_static("x-request-id");
         if !req.headers().contains_key(&request_id) {
-            let id = super::trace::request_id();
-            if let Ok(v) = HeaderValue::from_str(&id) {
+            // One allocation: the header value takes the string's buffer.
+            let id = Bytes::from(super::trace::request_id());
+            if let Ok(v) = HeaderValue::from_maybe_shared(id) {
                 req.headers_mut().insert(request_id, v);
             }
         }
@@ -121,29 +122,40 @@ impl HttpRecord {
     /// The response headers are ready: what happened, and to which destination.
     pub fn responded(
         &mut self,
-        out: HttpOutcome<'_>,
-        authority: &str,
+        out: HttpOutcome,
+        authority: String,
         cluster_host: Option<(&str, Option<&str>)>,
     ) {
         self.status = out.status;
         self.flags = out.flags;
         self.details = out.details;
-        self.cluster = out.cluster.to_string();
         self.upstream = out.upstream;
-        self.route = out.route.to_string();
-        self.authority = authority.to_string();
+        self.authority = authority;
         if out.upstream.is_some() {
             self.service_time_ms = Some(self.start.elapsed().as_millis());
         }
-        let host = crate::http::split_authority(authority).0;
-        let kind = match (out.cluster, cluster_host) {
-            (c, _) if c == BLACKHOLE_CLUSTER => DestinationKind::BlackHole { host: &host },
-            (c, _) if c == PASSTHROUGH_CLUSTER => DestinationKind::Passthrough { host: &host },
-            (_, Some((h, service))) => DestinationKind::Cluster { host: h, service },
-            // Answered before a cluster was chosen (denied, no route, direct response).
-            _ => DestinationKind::Requested { host: &host },
-        };
-        self.dest = Some(self.tel.istio.destination(kind));
+        let routed = out.cluster != BLACKHOLE_CLUSTER && out.cluster != PASSTHROUGH_CLUSTER;
+        self.dest = Some(match cluster_host {
+            Some((h, service)) if routed => self
+                .tel
+                .istio
+                .destination(DestinationKind::Cluster { host: h, service }),
+            _ => {
+                // Only traffic that was not routed to a cluster needs the requested host.
+                let host = crate::http::split_authority(&self.authority).0;
+                let kind = if out.cluster == BLACKHOLE_CLUSTER {
+                    DestinationKind::BlackHole { host: &host }
+                } else if out.cluster == PASSTHROUGH_CLUSTER {
+                    DestinationKind::Passthrough { host: &host }
+                } else {
+                    // Answered before a cluster was chosen (denied, no route, direct response).
+                    DestinationKind::Requested { host: &host }
+                };
+                self.tel.istio.destination(kind)
+            }
+        });
+        self.cluster = out.cluster;
+        self.route = out.route;
     }
 
     fn finish(&mut self, body_error: bool, complete: bool) {
@@ -333,7 +345,7 @@ impl Drop for Recorded {
 /// One TCP/TLS connection (routed, passed through, black-holed or refused).
 pub struct L4Record {
     tel: Arc<Telemetry>,
-    rt: TelemetryRuntime,
+    rt: Arc<TelemetryRuntime>,
     start: Instant,
     start_wall: SystemTime,
     peer: SocketAddr,
@@ -356,7 +368,7 @@ pub struct L4Record {
 impl L4Record {
     pub fn start(
         tel: &Arc<Telemetry>,
-        rt: &TelemetryRuntime,
+        rt: &Arc<TelemetryRuntime>,
         conn: &ConnInfo,
         sni: Option<&str>,
         protocol: &'static str,
