@@ -354,6 +354,7 @@ impl Proxy {
         {
             Ok(up) => {
                 rec.upstream(dst);
+                rec.connected();
                 let (tx, rx) = relay(stream, prefix, up).await;
                 rec.bytes(tx, rx);
                 tracing::info!(
@@ -503,6 +504,7 @@ impl Proxy {
             }
         };
         self.metrics.connection("routed", protocol);
+        rec.connected();
         let (tx, rx) = relay(stream, prefix, up).await;
         rec.bytes(tx, rx);
         tracing::info!(
