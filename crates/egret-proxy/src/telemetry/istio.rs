@@ -298,9 +298,10 @@ impl IstioMetrics {
         };
         // Look up without allocating: the key is the prefix char plus the host.
         if let Ok(d) = self.destinations.read()
-            && let Some(dest) = lookup(&d.by_key, prefix, key) {
-                return dest;
-            }
+            && let Some(dest) = lookup(&d.by_key, prefix, key)
+        {
+            return dest;
+        }
         let Ok(mut d) = self.destinations.write() else {
             return Arc::new(Destination {
                 id: u32::MAX,
