@@ -1053,6 +1053,57 @@ fn observability_through_the_egress_gateway() -> Result<()> {
     );
     promtool_check("gateway", &g)?;
 
+    // egret's own series: the gateway's pooled HTTP/1.1 connections to nginx served each
+    // allowed request once; it resolved edition.cnn.test; both proxies name their SVID's
+    // expiry (issued for 24 h) and the one configuration in force.
+    let new = one(
+        &g,
+        "egret_upstream_connections_total",
+        &["protocol=\"http1\"", "reused=\"false\""],
+    )?;
+    let reused = one(
+        &g,
+        "egret_upstream_connections_total",
+        &["protocol=\"http1\"", "reused=\"true\""],
+    )?;
+    ensure!(new >= 1 && new + reused == ALLOWED, "{g}");
+    ensure!(
+        series(&g, "egret_dns_lookups_total") >= 1
+            && series(&g, "egret_dns_failures_total") == 0
+            && series(&g, "egret_dns_cache_entries") == 1,
+        "{g}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("clock")?
+        .as_secs();
+    for (what, scrape, id) in [
+        ("sidecar", &m, SLEEP_ID.to_string()),
+        (
+            "gateway",
+            &g,
+            format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                GATEWAY_ID.0, GATEWAY_ID.1
+            ),
+        ),
+    ] {
+        let expiry = one(
+            scrape,
+            "egret_certificate_expiry_timestamp_seconds",
+            &["kind=\"workload\"", &format!("id=\"{id}\"")],
+        )?;
+        ensure!(
+            expiry > now + 23 * 3600 && expiry <= now + 24 * 3600 + 300,
+            "{what}: certificate expiry {expiry} (now {now})"
+        );
+        ensure!(
+            matching(scrape, "egret_config_info", &["version=\""]).len() == 1
+                && one(scrape, "egret_config_info", &[])? == 1,
+            "{what}: egret_config_info\n{scrape}"
+        );
+    }
+
     // Access logs: the gateway's TEXT, the sidecar's JSON.
     let glines = log_lines(&gw_log, (ALLOWED + DENIED + TLS) as usize)?;
     no_secrets("gateway", &glines)?;
