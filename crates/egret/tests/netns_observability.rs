@@ -761,7 +761,8 @@ fn observability_allow_any_passthrough_and_log_kinds() -> Result<()> {
         "requested_server_name",
         "upstream_transport_failure_reason",
     ];
-    let mut kinds: Vec<(String, i64, String, String)> = Vec::new();
+    type Kind = (String, i64, String, String, String, String);
+    let mut kinds: Vec<Kind> = Vec::new();
     for l in &lines {
         let v: serde_json::Value =
             serde_json::from_str(l).with_context(|| format!("not JSON: {l}"))?;
@@ -777,7 +778,14 @@ fn observability_allow_any_passthrough_and_log_kinds() -> Result<()> {
         let code = obj["response_code"]
             .as_i64()
             .with_context(|| format!("response_code is not a number: {l}"))?;
-        kinds.push((s("authority"), code, s("response_flags"), s("path")));
+        kinds.push((
+            s("authority"),
+            code,
+            s("response_flags"),
+            s("path"),
+            s("upstream_cluster"),
+            s("response_code_details"),
+        ));
         if s("requested_server_name") == "other.test" {
             ensure!(
                 obj["bytes_received"].as_u64() > Some(0) && obj["bytes_sent"].as_u64() > Some(0),
@@ -785,26 +793,68 @@ fn observability_allow_any_passthrough_and_log_kinds() -> Result<()> {
             );
         }
     }
-    let count = |authority: &str, code: i64, flags: &str, path: &str| {
-        kinds
-            .iter()
-            .filter(|k| {
-                (k.0.as_str(), k.1, k.2.as_str(), k.3.as_str()) == (authority, code, flags, path)
-            })
-            .count() as u64
-    };
     let q = "?x=1&access_token=REDACTED";
-    for (authority, code, flags, path, want) in [
-        ("httpbin.test", 200, "-", format!("/status/200{q}"), ALLOWED),
-        ("other.test", 200, "-", format!("/pt{q}"), PT_HTTP),
-        ("-", 0, "-", "-".to_string(), PT_TLS),
-        ("httpbin.test", 504, "UT", format!("/delay/4{q}"), TIMED_OUT),
-        ("reset.test", 503, "UC", format!("/cut{q}"), RESET),
+    let se = |host: &str| format!("outbound|80||{host}");
+    for (want, kind) in [
+        (
+            ALLOWED,
+            (
+                "httpbin.test",
+                200,
+                "-",
+                format!("/status/200{q}"),
+                se("httpbin.test"),
+                "via_upstream",
+            ),
+        ),
+        (
+            PT_HTTP,
+            (
+                "other.test",
+                200,
+                "-",
+                format!("/pt{q}"),
+                "PassthroughCluster".into(),
+                "passthrough",
+            ),
+        ),
+        (
+            PT_TLS,
+            ("-", 0, "-", "-".into(), "PassthroughCluster".into(), "-"),
+        ),
+        (
+            TIMED_OUT,
+            (
+                "httpbin.test",
+                504,
+                "UT",
+                format!("/delay/4{q}"),
+                se("httpbin.test"),
+                "upstream_response_timeout",
+            ),
+        ),
+        (
+            RESET,
+            (
+                "reset.test",
+                503,
+                "UC",
+                format!("/cut{q}"),
+                se("reset.test"),
+                "upstream_reset_before_response_started",
+            ),
+        ),
     ] {
-        ensure!(
-            count(authority, code, flags, &path) == want,
-            "{want} line(s) {authority} {code} {flags} {path} expected in {lines:#?}"
+        let kind: Kind = (
+            kind.0.into(),
+            kind.1,
+            kind.2.into(),
+            kind.3,
+            kind.4,
+            kind.5.into(),
         );
+        let n = kinds.iter().filter(|k| **k == kind).count() as u64;
+        ensure!(n == want, "{want} line(s) {kind:?} expected in {lines:#?}");
     }
     Ok(())
 }
