@@ -371,6 +371,7 @@ impl Proxy {
         {
             Ok(up) => {
                 rec.upstream(dst);
+                rec.connected();
                 let (tx, rx) = relay(stream, prefix, up).await;
                 rec.bytes(tx, rx);
                 tracing::info!(
@@ -520,6 +521,7 @@ impl Proxy {
             }
         };
         self.metrics.connection("routed", protocol);
+        rec.connected();
         let (tx, rx) = relay(stream, prefix, up).await;
         rec.bytes(tx, rx);
         tracing::info!(

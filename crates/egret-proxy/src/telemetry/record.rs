@@ -363,6 +363,8 @@ pub struct L4Record {
     pub received: u64,
     /// Passed through untouched by SNI (egret's per-SNI series).
     passthrough_tls: bool,
+    /// Counted in `istio_tcp_connections_opened_total` already.
+    opened: bool,
 }
 
 impl L4Record {
@@ -391,11 +393,12 @@ impl L4Record {
             sent: 0,
             received: 0,
             passthrough_tls: false,
+            opened: false,
         }
     }
 
     /// Where the connection goes: a cluster (`host`, ServiceEntry `ns/name`), or the
-    /// passthrough / black-hole pseudo clusters. Counts the connection as opened.
+    /// passthrough / black-hole pseudo clusters.
     pub fn destination(&mut self, cluster: &str, host: Option<(&str, Option<&str>)>) {
         let fallback = self
             .sni
@@ -408,11 +411,29 @@ impl L4Record {
             (_, Some((h, service))) => DestinationKind::Cluster { host: h, service },
             _ => DestinationKind::Requested { host: &fallback },
         };
-        let d = self.tel.istio.destination(kind);
-        self.tel.istio.tcp_opened(&d, "-");
-        self.dest = Some(d);
+        self.dest = Some(self.tel.istio.destination(kind));
         self.cluster = cluster.to_string();
         self.passthrough_tls = self.protocol == "tls" && self.sni.is_some();
+    }
+
+    /// The upstream connection is up: count the connection as opened now, with the flags it
+    /// has so far, so that long connections show while they last.
+    pub fn connected(&mut self) {
+        self.count_opened();
+    }
+
+    /// `istio_tcp_connections_opened_total`, once, in the series of the flags known at this
+    /// point. Istio reports a connection as opened in its first report: while it is up, or,
+    /// for one refused or failed at once (BlackHoleCluster, UF, UH), when it closes — so its
+    /// opened and closed counts are in the same series (same `response_flags`), never split
+    /// across `-` and the failure's flag.
+    fn count_opened(&mut self) {
+        if !self.opened
+            && let Some(d) = &self.dest
+        {
+            self.tel.istio.tcp_opened(d, self.flags);
+            self.opened = true;
+        }
     }
 
     pub fn upstream(&mut self, addr: SocketAddr) {
@@ -443,6 +464,7 @@ impl Drop for L4Record {
             };
             self.destination(c, None);
         }
+        self.count_opened();
         if let Some(d) = &self.dest {
             self.tel
                 .istio
