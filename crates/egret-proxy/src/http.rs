@@ -61,10 +61,11 @@ pub async fn handle(
     let rt = proxy.state.load_full();
     let mut rec = HttpRecord::start(&proxy.telemetry, &rt.telemetry, &conn, &mut req);
     let method = req.method().clone();
+    // Credential-looking query values never reach a log line (see `telemetry::accesslog`).
     let path = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_string())
+        .map(|p| crate::telemetry::accesslog::redact_query(p.as_str()).into_owned())
         .unwrap_or_else(|| "/".into());
     let version = req.version();
     let (resp, out, authority) = route_and_forward(&proxy, &conn, req).await;
