@@ -279,7 +279,12 @@ impl Proxy {
     ) {
         self.metrics.connection(outcome, protocol);
         let mut rec = L4Record::start(&self.telemetry, &rt.telemetry, conn, sni, protocol);
-        rec.fail(if outcome == "no_route" { "NR" } else { "-" }, details);
+        let flags = match outcome {
+            "no_route" => "NR",
+            "upstream_error" => "UF",
+            _ => "-",
+        };
+        rec.fail(flags, details);
     }
 
     /// AuthorizationPolicies (and rate limits) for a TLS/TCP connection, before anything is
@@ -569,7 +574,17 @@ impl Proxy {
             let ip: IpAddr = match self.upstreams.resolve(&host).await {
                 Ok(ips) => ips[0],
                 Err(e) => {
-                    self.metrics.connection("upstream_error", "tcp");
+                    let mut conn = ConnInfo::new(peer, None, Mode::Explicit, port);
+                    conn.tunnel_host = Some(host);
+                    let rt = self.state.load_full();
+                    self.refused(
+                        &rt,
+                        &conn,
+                        None,
+                        "tcp",
+                        "upstream_error",
+                        "dns_resolution_failed",
+                    );
                     return h::local(StatusCode::BAD_GATEWAY, format!("{e}\n"));
                 }
             };

@@ -352,6 +352,8 @@ pub struct L4Record {
     orig_dst: Option<SocketAddr>,
     principal: Option<Arc<str>>,
     sni: Option<String>,
+    /// The host a `CONNECT` named (explicit proxy), when there is no SNI.
+    tunnel_host: Option<String>,
     protocol: &'static str,
     dest: Option<Arc<Destination>>,
     cluster: String,
@@ -384,6 +386,7 @@ impl L4Record {
             orig_dst: conn.orig_dst,
             principal: conn.peer_identity.clone(),
             sni: sni.map(str::to_string),
+            tunnel_host: conn.tunnel_host.clone(),
             protocol,
             dest: None,
             cluster: String::new(),
@@ -403,6 +406,7 @@ impl L4Record {
         let fallback = self
             .sni
             .clone()
+            .or_else(|| self.tunnel_host.clone())
             .or_else(|| self.orig_dst.map(|d| d.ip().to_string()))
             .unwrap_or_else(|| "unknown".into());
         let kind = match (cluster, host) {
