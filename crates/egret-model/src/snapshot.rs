@@ -587,6 +587,29 @@ pub struct Endpoint {
     pub weight: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// Locality failover priority (0 = most preferred) from the DestinationRule's
+    /// `localityLbSetting` (`failover` / `failoverPriority`) and the proxy's locality; all 0
+    /// when locality failover is not active (Istio needs `outlierDetection` for it).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    /// Load-balancing weight after `localityLbSetting.distribute` (the locality's share split
+    /// over its endpoints by `weight`); `None` = `weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb_weight: Option<u32>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Endpoint {
+    /// The weight load balancing uses (0: `distribute` gives this locality no traffic).
+    pub fn effective_weight(&self) -> u32 {
+        match self.lb_weight {
+            Some(w) => w,
+            None => self.weight.max(1),
+        }
+    }
 }
 
 /// The DestinationRule traffic policy for one cluster after Istio's merge (subset over

@@ -8,7 +8,9 @@
 //! data plane reads through an `ArcSwap`; `admin` serves `/ready`, `/config_dump`, `/metrics`.
 
 pub mod admin;
+pub mod balancer;
 pub mod capture;
+pub mod circuit;
 pub mod config;
 pub mod detect;
 pub mod gateway;
@@ -16,8 +18,10 @@ pub mod http;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
+pub mod outlier;
 pub mod policy;
 pub mod proxy;
+pub mod resilience;
 pub mod sidecar;
 pub mod tls;
 pub mod tls_hello;

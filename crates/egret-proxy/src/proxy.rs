@@ -390,6 +390,17 @@ impl Proxy {
             tracing::warn!(target: "upstream", cluster = %cluster.name, "cannot be used by this proxy: {reason}");
             return;
         }
+        // `tcp.maxConnections`: over the limit the connection is closed at once (`UO`).
+        let _admission = match state.map(|s| s.breaker.admit_connection()) {
+            Some(Err(_)) => {
+                self.metrics.connection("overflow", protocol);
+                self.metrics.overflow(&cluster.name);
+                tracing::warn!(target: "access", "\"- - -\" 0 UO upstream_overflow \"-\" {} peer={}", cluster.name, conn.peer);
+                return;
+            }
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
         let host = sni.clone().unwrap_or_else(|| cluster.host.clone());
         let picked = match self
             .upstreams
@@ -451,6 +462,18 @@ impl Proxy {
                 )
                 .await
         };
+        // Outlier detection for TCP counts connect failures (Istio: `consecutive5xxErrors`).
+        if let (Some(h), Some(i)) = (state.and_then(|s| s.health.as_ref()), picked.endpoint) {
+            let r = if up.is_ok() {
+                crate::outlier::Result::Connected
+            } else {
+                crate::outlier::Result::LocalFailure
+            };
+            if h.record(i, r) {
+                self.metrics.outlier_ejection(&cluster.name);
+                tracing::warn!(target: "upstream", cluster = %cluster.name, endpoint = %picked.addr, "outlier detection: endpoint ejected");
+            }
+        }
         let up = match up {
             Ok(s) => s,
             Err(e) => {

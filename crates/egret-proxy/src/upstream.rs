@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use egret_config::types::{Resolution, SimpleLb};
-use egret_model::snapshot::{Cluster, LoadBalancer};
+use egret_config::types::Resolution;
+use egret_model::snapshot::Cluster;
 use hickory_resolver::TokioResolver;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
@@ -121,6 +121,9 @@ pub struct Picked {
     pub name: Option<String>,
     /// Counts this request as in flight on the endpoint until dropped (LEAST_REQUEST).
     pub load: Option<LoadGuard>,
+    /// The endpoint's index in the cluster (static endpoints): for outlier detection and
+    /// retries on another endpoint.
+    pub endpoint: Option<usize>,
 }
 
 /// One request in flight on an endpoint.
@@ -245,6 +248,25 @@ impl Upstreams {
         orig_dst: Option<SocketAddr>,
         authority: &str,
     ) -> Result<Picked, UpstreamError> {
+        self.pick_with(
+            cluster,
+            state,
+            orig_dst,
+            authority,
+            &crate::balancer::PickCtx::default(),
+        )
+        .await
+    }
+
+    /// [`Upstreams::pick`] with a consistent-hash key and the endpoints already tried.
+    pub async fn pick_with(
+        &self,
+        cluster: &Cluster,
+        state: Option<&ClusterRuntime>,
+        orig_dst: Option<SocketAddr>,
+        authority: &str,
+        ctx: &crate::balancer::PickCtx,
+    ) -> Result<Picked, UpstreamError> {
         // A route to a host no ServiceEntry describes has no cluster in Istio (503); it never
         // falls back to where the client was going.
         if cluster.service.is_none() {
@@ -261,6 +283,7 @@ impl Upstreams {
                         addr: dst,
                         name: None,
                         load: None,
+                        endpoint: None,
                     });
                 }
                 // Without an original destination (a gateway, the explicit proxy) the name to
@@ -281,14 +304,15 @@ impl Upstreams {
                     addr: SocketAddr::new(ips[i % ips.len()], cluster.target_port),
                     name: Some(name.to_string()),
                     load: None,
+                    endpoint: None,
                 })
             }
             Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
-                if cluster.endpoints.is_empty() {
+                // Priorities, outlier ejections, weights and the load balancer
+                // (`balancer`); nothing healthy to send to is 503 `UH`.
+                let Some(i) = crate::balancer::choose(cluster, state, ctx) else {
                     return Err(UpstreamError::NoEndpoint(cluster.name.clone()));
-                }
-                let n = cluster.endpoints.len();
-                let i = choose(cluster, state, n);
+                };
                 let ep = &cluster.endpoints[i];
                 let ips = if self.gateway {
                     self.resolve_public(&ep.address).await?
@@ -310,6 +334,7 @@ impl Upstreams {
                         .is_err()
                         .then(|| ep.address.clone()),
                     load: state.and_then(|s| LoadGuard::new(&s.active, i)),
+                    endpoint: Some(i),
                 })
             }
         }
@@ -510,50 +535,6 @@ pub struct Returner {
     key: PoolKey,
 }
 
-/// Pick an endpoint index by the DestinationRule's load balancer:
-/// - ROUND_ROBIN: weighted round robin;
-/// - RANDOM: weighted random;
-/// - LEAST_REQUEST (Istio's default, also UNSPECIFIED/LEAST_CONN): power of two choices —
-///   two weighted-random candidates, the one with fewer requests in flight wins (Envoy's
-///   `choice_count: 2`).
-fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let total: u64 = cluster
-        .endpoints
-        .iter()
-        .map(|e| u64::from(e.weight.max(1)))
-        .sum();
-    let weighted = |ticket: u64| {
-        let mut t = ticket % total.max(1);
-        for (i, e) in cluster.endpoints.iter().enumerate() {
-            let w = u64::from(e.weight.max(1));
-            if t < w {
-                return i;
-            }
-            t -= w;
-        }
-        0
-    };
-    match &cluster.policy.load_balancer {
-        LoadBalancer::Simple(SimpleLb::RoundRobin) => {
-            let ticket = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
-            weighted(ticket as u64)
-        }
-        LoadBalancer::Simple(SimpleLb::Random) => weighted(random()),
-        _ => {
-            let (a, b) = (weighted(random()), weighted(random()));
-            let load = |i: usize| {
-                state
-                    .and_then(|s| s.active.get(i))
-                    .map_or(0, |c| c.load(Ordering::Relaxed))
-            };
-            if load(b) < load(a) { b } else { a }
-        }
-    }
-}
-
 /// A small, fast, non-cryptographic random number (xorshift per thread).
 pub fn random() -> u64 {
     use std::cell::Cell;
@@ -580,6 +561,10 @@ pub fn random() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn choose(c: &Cluster, s: Option<&ClusterRuntime>) -> usize {
+        crate::balancer::choose(c, s, &crate::balancer::PickCtx::default()).unwrap()
+    }
 
     fn cluster(lb: &str) -> Cluster {
         let yaml = format!(
@@ -618,6 +603,7 @@ spec:
                 .iter()
                 .map(|n| std::sync::atomic::AtomicUsize::new(*n))
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -625,7 +611,7 @@ spec:
     fn least_request_prefers_the_less_loaded_endpoint() {
         let c = cluster("LEAST_REQUEST");
         let s = state([100, 0]);
-        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s), 2) == 1).count();
+        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s)) == 1).count();
         // Two random candidates: only when both are the busy one does it win (1 in 4).
         assert!((2700..=3300).contains(&to_idle), "{to_idle}/4000");
     }
@@ -634,10 +620,10 @@ spec:
     fn random_ignores_load_and_round_robin_alternates() {
         let c = cluster("RANDOM");
         let s = state([100, 0]);
-        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s), 2) == 1).count();
+        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s)) == 1).count();
         assert!((1700..=2300).contains(&to_idle), "{to_idle}/4000");
         let c = cluster("ROUND_ROBIN");
-        let picks: Vec<usize> = (0..4).map(|_| choose(&c, Some(&s), 2)).collect();
+        let picks: Vec<usize> = (0..4).map(|_| choose(&c, Some(&s))).collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
     }
 
