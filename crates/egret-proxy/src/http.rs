@@ -835,6 +835,7 @@ async fn forward(
         None => None,
     };
     let policy = &route.retries;
+    let pool_limits = crate::upstream::PoolLimits::of(&cluster.policy.connection_pool);
     let hash = state
         .and_then(|s| s.hash_table.as_ref())
         .and_then(|_| res::hash_key(cluster, &req, conn.peer));
@@ -932,7 +933,7 @@ async fn forward(
         } else {
             proxy
                 .upstreams
-                .http1(picked.addr, connect_timeout, tls_pair)
+                .http1_with(picked.addr, connect_timeout, tls_pair, &pool_limits)
                 .await
                 .map(|(s, r)| Up::H1(s, r))
         };

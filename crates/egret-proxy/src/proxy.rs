@@ -455,10 +455,11 @@ impl Proxy {
                 .map(|u| Box::new(TokioIo::new(u)) as Box<dyn crate::upstream::Stream>)
         } else {
             self.upstreams
-                .connect(
+                .connect_with(
                     picked.addr,
                     timeout,
                     originate.as_ref().map(|(c, s)| (*c, s.as_str())),
+                    &crate::upstream::PoolLimits::of(&cluster.policy.connection_pool),
                 )
                 .await
         };

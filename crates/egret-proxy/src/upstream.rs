@@ -85,9 +85,65 @@ struct PoolKey {
 }
 
 /// The shared pieces: resolver and connection pool. One per proxy, shared by all requests.
+/// Per-cluster limits the pool applies (DestinationRule `connectionPool`, Istio/Envoy):
+/// `http.maxRequestsPerConnection`, `http.idleTimeout`, `tcp.maxConnectionDuration` and
+/// `tcp.tcpKeepalive`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolLimits {
+    /// 0 = unlimited; 1 disables keep-alive.
+    pub max_requests_per_connection: u32,
+    /// An idle pooled connection older than this is closed, not reused.
+    pub idle_timeout: Option<Duration>,
+    /// A connection older than this is not reused.
+    pub max_connection_duration: Option<Duration>,
+    /// TCP keep-alive probes on upstream sockets: (time, interval, probes).
+    pub keepalive: Option<(Option<Duration>, Option<Duration>, Option<u32>)>,
+}
+
+impl PoolLimits {
+    pub fn of(cp: &egret_model::snapshot::ConnectionPool) -> PoolLimits {
+        PoolLimits {
+            max_requests_per_connection: cp.max_requests_per_connection,
+            // `0s` disables the idle timeout (Istio).
+            idle_timeout: Some(cp.http_idle_timeout.to_std()).filter(|d| !d.is_zero()),
+            max_connection_duration: cp
+                .max_connection_duration
+                .map(|d| d.to_std())
+                .filter(|d| !d.is_zero()),
+            keepalive: cp.tcp_keepalive.as_ref().map(|k| {
+                (
+                    k.time.map(|t| t.to_std()),
+                    k.interval.map(|t| t.to_std()),
+                    k.probes,
+                )
+            }),
+        }
+    }
+}
+
+/// An idle pooled HTTP/1.1 connection.
+struct Idle {
+    sender: http1::SendRequest<ReqBody>,
+    /// Requests it has carried.
+    uses: u32,
+    created: std::time::Instant,
+    since: std::time::Instant,
+}
+
+impl Idle {
+    fn expired(&self, limits: &PoolLimits, now: std::time::Instant) -> bool {
+        limits
+            .idle_timeout
+            .is_some_and(|t| now.duration_since(self.since) >= t)
+            || limits
+                .max_connection_duration
+                .is_some_and(|t| now.duration_since(self.created) >= t)
+    }
+}
+
 pub struct Upstreams {
     resolver: Option<TokioResolver>,
-    idle: std::sync::Mutex<HashMap<PoolKey, Vec<http1::SendRequest<ReqBody>>>>,
+    idle: std::sync::Mutex<HashMap<PoolKey, Vec<Idle>>>,
     /// HTTP/2 connections, one per key, shared by concurrent requests (multiplexed).
     h2: std::sync::Mutex<HashMap<PoolKey, http2::SendRequest<ReqBody>>>,
     /// Idle connections kept per key.
@@ -346,12 +402,39 @@ impl Upstreams {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<TcpStream, UpstreamError> {
+        self.connect_tcp_with(addr, timeout, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::connect_tcp`] with the cluster's `tcpKeepalive`.
+    pub async fn connect_tcp_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        limits: &PoolLimits,
+    ) -> Result<TcpStream, UpstreamError> {
         let fail = |reason: String| UpstreamError::Connect { addr, reason };
         let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| fail(format!("timed out after {timeout:?}")))?
             .map_err(|e| fail(e.to_string()))?;
         let _ = s.set_nodelay(true);
+        if let Some((time, interval, probes)) = limits.keepalive {
+            // Unset parts keep the OS defaults (Istio).
+            let mut ka = socket2::TcpKeepalive::new();
+            if let Some(t) = time {
+                ka = ka.with_time(t);
+            }
+            if let Some(i) = interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(p) = probes {
+                ka = ka.with_retries(p);
+            }
+            if let Err(e) = socket2::SockRef::from(&s).set_tcp_keepalive(&ka) {
+                tracing::debug!(%addr, "cannot set TCP keep-alive: {e}");
+            }
+        }
         Ok(s)
     }
 
@@ -362,7 +445,19 @@ impl Upstreams {
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
-        let tcp = self.connect_tcp(addr, timeout).await?;
+        self.connect_with(addr, timeout, tls, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::connect`] with the cluster's connection limits (`tcpKeepalive`).
+    pub async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<Box<dyn Stream>, UpstreamError> {
+        let tcp = self.connect_tcp_with(addr, timeout, limits).await?;
         let Some((config, sni)) = tls else {
             return Ok(Box::new(tcp));
         };
@@ -390,14 +485,34 @@ impl Upstreams {
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
     ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
+        self.http1_with(addr, timeout, tls, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::http1`] under the cluster's connection limits.
+    pub async fn http1_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
         };
-        if let Some(s) = self.take_idle(&key) {
-            return Ok((s, Returner { key }));
+        if let Some(idle) = self.take_idle(&key, limits) {
+            return Ok((
+                idle.sender,
+                Returner {
+                    key,
+                    uses: idle.uses.saturating_add(1),
+                    created: idle.created,
+                    limits: *limits,
+                },
+            ));
         }
-        let io = self.connect(addr, timeout, tls).await?;
+        let io = self.connect_with(addr, timeout, tls, limits).await?;
         let (sender, conn) =
             http1::handshake(TokioIo::new(io))
                 .await
@@ -410,7 +525,15 @@ impl Upstreams {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
             }
         });
-        Ok((sender, Returner { key }))
+        Ok((
+            sender,
+            Returner {
+                key,
+                uses: 1,
+                created: std::time::Instant::now(),
+                limits: *limits,
+            },
+        ))
     }
 
     /// An HTTP/2 connection to the endpoint (prior knowledge in plaintext, ALPN h2 with TLS):
@@ -483,11 +606,12 @@ impl Upstreams {
             .map_err(|e| fail(format!("CONNECT {authority}: {e}")))
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {
+    fn take_idle(&self, key: &PoolKey, limits: &PoolLimits) -> Option<Idle> {
+        let now = std::time::Instant::now();
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(s) = list.pop() {
-            if !s.is_closed() && s.is_ready() {
+            if !s.sender.is_closed() && s.sender.is_ready() && !s.expired(limits, now) {
                 return Some(s);
             }
         }
@@ -495,17 +619,34 @@ impl Upstreams {
     }
 
     /// Give a connection back once its response has been read in full.
+    /// A connection that has carried `maxRequestsPerConnection` requests or lived
+    /// `maxConnectionDuration` is closed instead.
     pub fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<ReqBody>, r: Returner) {
+        let limits = r.limits;
+        if limits.max_requests_per_connection > 0 && r.uses >= limits.max_requests_per_connection {
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
+            let now = std::time::Instant::now();
+            let entry = Idle {
+                sender,
+                uses: r.uses,
+                created: r.created,
+                since: now,
+            };
+            if entry.expired(&limits, now) {
+                return;
+            }
             if let Ok(mut idle) = me.idle.lock() {
                 let list = idle.entry(r.key).or_default();
-                list.retain(|s| !s.is_closed());
+                // Drop closed connections and those idle past `idleTimeout`.
+                list.retain(|s| !s.sender.is_closed() && !s.expired(&limits, now));
                 if list.len() < me.max_idle {
-                    list.push(sender);
+                    list.push(entry);
                 }
             }
         });
@@ -517,7 +658,7 @@ impl Upstreams {
             .lock()
             .map(|m| {
                 m.values()
-                    .map(|v| v.iter().filter(|s| !s.is_closed()).count())
+                    .map(|v| v.iter().filter(|s| !s.sender.is_closed()).count())
                     .sum()
             })
             .unwrap_or(0)
@@ -530,9 +671,12 @@ impl Default for Upstreams {
     }
 }
 
-/// Where a pooled connection goes back to.
+/// Where a pooled connection goes back to, and what it has done so far.
 pub struct Returner {
     key: PoolKey,
+    uses: u32,
+    created: std::time::Instant,
+    limits: PoolLimits,
 }
 
 /// A small, fast, non-cryptographic random number (xorshift per thread).

@@ -37,6 +37,7 @@ struct Backend {
     mode: Arc<AtomicU8>,
     requests: Arc<AtomicU64>,
     body_bytes: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -50,6 +51,7 @@ impl Backend {
             mode: Arc::new(AtomicU8::new(OK)),
             requests: Arc::new(AtomicU64::new(0)),
             body_bytes: Arc::new(AtomicU64::new(0)),
+            connections: Arc::new(AtomicU64::new(0)),
             tasks: Default::default(),
         };
         b.serve(l);
@@ -65,8 +67,10 @@ impl Backend {
         );
         let name = self.name;
         let tasks2 = tasks.clone();
+        let connections = self.connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
                 let (mode, requests, body_bytes) =
                     (mode.clone(), requests.clone(), body_bytes.clone());
                 let conn = tokio::spawn(async move {
@@ -769,4 +773,46 @@ spec:
             .0,
         1
     );
+}
+
+#[tokio::test]
+async fn connection_pool_max_requests_per_connection_and_idle_timeout() {
+    let b = Backend::start("b").await;
+    let yaml = service_entry(&[(&b, "")])
+        + &destination_rule("{connectionPool: {http: {maxRequestsPerConnection: 1}}}");
+    let sc = Sidecar::start(&yaml).await;
+    let cap = sc.capture(dialed()).await;
+    let r = run(cap, 10).await;
+    assert_eq!(ok(&r), 10);
+    assert_eq!(
+        b.connections.load(Ordering::SeqCst),
+        10,
+        "one request per upstream connection"
+    );
+
+    // Default pool: one connection carries them all.
+    sc.reconfigure(&service_entry(&[(&b, "")])).await;
+    let before = b.connections.load(Ordering::SeqCst);
+    let r = run(cap, 10).await;
+    assert_eq!(ok(&r), 10);
+    assert_eq!(b.connections.load(Ordering::SeqCst) - before, 1, "pooled");
+
+    // `http.idleTimeout`: a connection idle longer than it is not reused.
+    sc.reconfigure(
+        &(service_entry(&[(&b, "")])
+            + &destination_rule("{connectionPool: {http: {idleTimeout: 100ms}, tcp: {tcpKeepalive: {time: 60s, interval: 10s, probes: 3}}}}")),
+    )
+    .await;
+    let before = b.connections.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = run(cap, 1).await;
+        assert_eq!(ok(&r), 1);
+    }
+    assert_eq!(
+        b.connections.load(Ordering::SeqCst) - before,
+        3,
+        "idle connections expired"
+    );
+    assert_eq!(b.count(), 23);
 }
