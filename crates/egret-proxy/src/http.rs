@@ -911,7 +911,10 @@ async fn forward(
         if proxy.is_self(picked.addr) {
             return refuse_loop(out);
         }
-        if let Some(i) = picked.endpoint {
+        // Istio's `retryIgnorePreviousHosts` (default true): retries go to other endpoints.
+        if let Some(i) = picked.endpoint
+            && policy.retry_ignore_previous_hosts
+        {
             ctx.mark_tried(i);
         }
         let record = |r: crate::outlier::Result| {
