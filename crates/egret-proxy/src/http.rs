@@ -836,9 +836,17 @@ async fn forward(
     };
     let policy = &route.retries;
     let pool_limits = crate::upstream::PoolLimits::of(&cluster.policy.connection_pool);
-    let hash = state
+    let mut hash = state
         .and_then(|s| s.hash_table.as_ref())
         .and_then(|_| res::hash_key(cluster, &req, conn.peer));
+    let mut set_cookie = None;
+    if hash.is_none()
+        && state.is_some_and(|s| s.hash_table.is_some())
+        && let Some((h, cookie)) = res::generate_cookie(cluster)
+    {
+        hash = Some(h);
+        set_cookie = Some(cookie);
+    }
     // Which mirrors this request goes to (`mirrorPercentage`).
     let mut mirror_mask = 0u64;
     for (i, m) in route.mirrors.iter().enumerate().take(64) {
@@ -1040,6 +1048,9 @@ async fn forward(
                     out.flags = "URX";
                 }
                 let mut r = resp;
+                if let Some(c) = set_cookie {
+                    r.headers_mut().append(header::SET_COOKIE, c);
+                }
                 apply_headers(r.headers_mut(), &dest.response_headers);
                 apply_headers(r.headers_mut(), &route.response_headers);
                 // In flight until the response body has been sent (LEAST_REQUEST, circuit

@@ -184,6 +184,40 @@ pub fn hash_key(cluster: &Cluster, req: &http::Request<Incoming>, peer: SocketAd
     }
 }
 
+/// Envoy's cookie generation for `httpCookie` with a `ttl`: a request without the cookie gets
+/// a new random value to hash on, and the response sets it (`Max-Age` = ttl; a zero ttl makes
+/// a session cookie), so the client's next requests land on the same endpoint.
+pub fn generate_cookie(cluster: &Cluster) -> Option<(u64, http::HeaderValue)> {
+    let LoadBalancer::ConsistentHash(ch) = &cluster.policy.load_balancer else {
+        return None;
+    };
+    let HashKey::Cookie {
+        name,
+        path,
+        ttl: Some(ttl),
+    } = &ch.key
+    else {
+        return None;
+    };
+    let value = format!(
+        "{:016x}{:016x}",
+        crate::upstream::random(),
+        crate::upstream::random()
+    );
+    let mut cookie = format!("{name}={value}");
+    if let Some(p) = path {
+        cookie.push_str("; Path=");
+        cookie.push_str(p);
+    }
+    let secs = ttl.to_std().as_secs();
+    if secs > 0 {
+        cookie.push_str(&format!("; Max-Age={secs}"));
+    }
+    cookie.push_str("; HttpOnly");
+    let v = http::HeaderValue::from_str(&cookie).ok()?;
+    Some((hash_bytes(&[value.as_bytes()]), v))
+}
+
 fn mirror_slots() -> &'static Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     SLOTS.get_or_init(|| Arc::new(Semaphore::new(MAX_MIRRORS_IN_FLIGHT)))

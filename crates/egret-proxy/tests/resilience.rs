@@ -816,3 +816,96 @@ async fn connection_pool_max_requests_per_connection_and_idle_timeout() {
     );
     assert_eq!(b.count(), 23);
 }
+
+#[tokio::test]
+async fn generated_hash_cookie_keeps_a_client_on_one_endpoint() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let yaml = service_entry(&[(&a, ""), (&b, ""), (&c, "")])
+        + &destination_rule(
+            "{loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}}}}",
+        );
+    let sc = Sidecar::start(&yaml).await;
+    let cap = sc.capture(dialed()).await;
+    let mut used = std::collections::BTreeSet::new();
+    for client in 0..30 {
+        // No cookie yet: the proxy makes one and sets it.
+        let first = get(cap, HOST, "/", &[]).await;
+        assert_eq!(first.status, 200);
+        let set = first
+            .headers
+            .get("set-cookie")
+            .unwrap_or_else(|| panic!("client {client}: no cookie set"))
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(set.contains("; Path=/; Max-Age=60"), "{set}");
+        let cookie = set.split(';').next().unwrap().to_string();
+        for _ in 0..4 {
+            let r = get(cap, HOST, "/", &[("cookie", &cookie)]).await;
+            assert_eq!(r.body, first.body, "client {client} stays on its endpoint");
+            assert!(r.headers.get("set-cookie").is_none());
+        }
+        used.insert(first.body);
+    }
+    assert_eq!(a.count() + b.count() + c.count(), 150);
+    assert!(used.len() >= 2, "clients spread: {used:?}");
+}
+
+#[tokio::test]
+async fn locality_distribute_weights_and_failover_priority_labels() {
+    let (east, west, eu) = (
+        Backend::start("east").await,
+        Backend::start("west").await,
+        Backend::start("eu").await,
+    );
+    let eps = service_entry(&[
+        (&east, "locality: us-east/zone1, labels: {tier: primary}"),
+        (&west, "locality: us-west/zone1, labels: {tier: backup}"),
+        (&eu, "locality: eu/zone1, labels: {tier: backup}"),
+    ]);
+    let yaml = eps.clone()
+        + &destination_rule(
+            "{loadBalancer: {simple: RANDOM, localityLbSetting: {distribute: [{from: 'us-east/*', to: {'us-east/*': 70, 'us-west/*': 30}}]}}}",
+        );
+    let sc = Sidecar::start_with(&yaml, &[("istio-locality", "us-east/zone1")]).await;
+    let cap = sc.capture(dialed()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(run(cap, 500)));
+    }
+    for t in tasks {
+        assert_eq!(ok(&t.await.unwrap()), 500);
+    }
+    assert_eq!(east.count() + west.count(), 4000);
+    assert_eq!(eu.count(), 0, "a locality no `to` key names gets nothing");
+    let e = east.count();
+    assert!((2_680..=2_920).contains(&e), "70% ± 3%: {e}");
+
+    // failoverPriority by label: everything to `tier=primary` while it is healthy, then to
+    // the backups once it is ejected.
+    let yaml = eps
+        + &destination_rule(
+            "{loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {failoverPriority: [tier=primary]}}, outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}}",
+        )
+        + &virtual_service(&format!(
+            "route: [{{destination: {{host: {HOST}}}}}]\n    retries: {{attempts: 2, retryOn: 5xx}}"
+        ));
+    sc.reconfigure(&yaml).await;
+    let before = (east.count(), west.count(), eu.count());
+    let r = run(cap, 20).await;
+    assert_eq!(ok(&r), 20);
+    assert_eq!(east.count() - before.0, 20, "the primary takes everything");
+    east.set(FAIL);
+    let r = run(cap, 20).await;
+    assert_eq!(ok(&r), 20, "retries hide the failing primary");
+    assert_eq!(east.count() - before.0, 22, "ejected after two 503s");
+    assert_eq!(
+        west.count() + eu.count() - before.1 - before.2,
+        20,
+        "backups served the rest"
+    );
+}
