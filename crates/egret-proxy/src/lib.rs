@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod gateway;
 pub mod http;
+pub mod idle;
 pub mod io;
 pub mod mesh;
 pub mod metrics;

@@ -484,7 +484,12 @@ impl Proxy {
             }
         };
         self.metrics.connection("routed", protocol);
-        let (tx, rx) = relay(stream, prefix, up).await;
+        // `tcp.idleTimeout` (default 1 h, `0s` disables) closes a relay without traffic.
+        let idle = cluster.policy.connection_pool.tcp_idle_timeout.to_std();
+        let Some((tx, rx)) = crate::idle::relay(stream, prefix, up, Some(idle)).await else {
+            tracing::info!(target: "access", "\"- - -\" 0 - idle_timeout \"{}\" {} peer={}", picked.addr, cluster.name, conn.principal());
+            return;
+        };
         tracing::info!(
             target: "access",
             "\"- - -\" 0 - via_upstream \"{}\" {} {} {} {rx} {tx} {}ms {} peer={}",

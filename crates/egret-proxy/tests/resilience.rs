@@ -909,3 +909,68 @@ async fn locality_distribute_weights_and_failover_priority_labels() {
         "backups served the rest"
     );
 }
+
+#[tokio::test]
+async fn tcp_idle_timeout_closes_quiet_relays_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An echo server.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let yaml = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.example.test]
+  addresses: [203.0.113.91]
+  ports: [{{number: 7, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: echo.example.test
+  trafficPolicy: {{connectionPool: {{tcp: {{idleTimeout: 300ms}}}}}}
+"
+    );
+    let sc = Sidecar::start(&yaml).await;
+    let cap = sc.capture("203.0.113.91:7".parse().unwrap()).await;
+    // Busy: a message every 100 ms for 1.2 s keeps the relay open.
+    let mut busy = tokio::net::TcpStream::connect(cap).await.unwrap();
+    for _ in 0..12 {
+        echo_once(&mut busy).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echo_once(&mut busy).await;
+    // Quiet: closed after the idle timeout.
+    let mut quiet = tokio::net::TcpStream::connect(cap).await.unwrap();
+    echo_once(&mut quiet).await;
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut b))
+        .await
+        .expect("the idle relay was closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "closed: {r:?}");
+}
+
+async fn echo_once(s: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+}
