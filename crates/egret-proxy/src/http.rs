@@ -856,7 +856,7 @@ async fn forward(
     }
     let upgrade = is_upgrade(&req);
     let mut downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
     let replayable =
         !upgrade && (res::replays(&policy.retry_on, policy.attempts) || mirror_mask != 0);
     let mut body = if replayable {
@@ -888,7 +888,7 @@ async fn forward(
     let mut _retry_slot = None;
     loop {
         attempt += 1;
-        let may_retry = |proxy: &Arc<Proxy>| -> Option<crate::circuit::RetrySlot> {
+        let may_retry = || -> Option<crate::circuit::RetrySlot> {
             if attempt >= max_attempts {
                 return None;
             }
@@ -902,7 +902,6 @@ async fn forward(
             if slot.is_none() && state.is_some() {
                 tracing::debug!(target: "upstream", "maxRetries reached: not retrying");
             }
-            let _ = proxy;
             slot
         };
         let picked = match proxy
@@ -954,7 +953,7 @@ async fn forward(
                 record(crate::outlier::Result::LocalFailure);
                 // Nothing has been sent: a connect failure can be retried whatever the body.
                 if res::retriable(&policy.retry_on, Attempt::ConnectFailure)
-                    && let Some(slot) = may_retry(proxy)
+                    && let Some(slot) = may_retry()
                 {
                     _retry_slot = Some(slot);
                     proxy.metrics.retry(&cluster.name);
@@ -979,7 +978,12 @@ async fn forward(
         *up_req.method_mut() = head.method.clone();
         *up_req.uri_mut() = head.uri.clone();
         *up_req.version_mut() = head.version;
-        *up_req.headers_mut() = head.headers.clone();
+        // The last attempt that can use the headers takes them; earlier ones copy.
+        *up_req.headers_mut() = if !can_replay || attempt >= max_attempts {
+            std::mem::take(&mut head.headers)
+        } else {
+            head.headers.clone()
+        };
         // This attempt's time: the per-try timeout, within what is left of the route's.
         let now = Instant::now();
         let left = deadline.map(|d| d.saturating_duration_since(now));
@@ -1033,7 +1037,7 @@ async fn forward(
                     res::retriable(&policy.retry_on, Attempt::Status(status, resp.headers()));
                 if retry_it
                     && can_replay
-                    && let Some(slot) = may_retry(proxy)
+                    && let Some(slot) = may_retry()
                 {
                     _retry_slot = Some(slot);
                     proxy.metrics.retry(&cluster.name);
@@ -1074,7 +1078,7 @@ async fn forward(
                 if !global
                     && can_replay
                     && res::retriable(&policy.retry_on, Attempt::Timeout)
-                    && let Some(slot) = may_retry(proxy)
+                    && let Some(slot) = may_retry()
                 {
                     _retry_slot = Some(slot);
                     proxy.metrics.retry(&cluster.name);
@@ -1098,7 +1102,7 @@ async fn forward(
                 tracing::warn!(target: "upstream", "{reason}");
                 if can_replay
                     && res::retriable(&policy.retry_on, Attempt::Reset { refused })
-                    && let Some(slot) = may_retry(proxy)
+                    && let Some(slot) = may_retry()
                 {
                     _retry_slot = Some(slot);
                     proxy.metrics.retry(&cluster.name);

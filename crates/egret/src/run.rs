@@ -505,3 +505,24 @@ pub fn iptables(a: IptablesArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn locality_flag_becomes_the_istio_locality_label() {
+        let labels =
+            with_locality(egret_model::parse_labels("app=a"), Some("us-east/zone1/sz")).unwrap();
+        assert_eq!(
+            labels.get("istio-locality").map(String::as_str),
+            Some("us-east/zone1/sz")
+        );
+        assert_eq!(labels.get("app").map(String::as_str), Some("a"));
+        assert!(with_locality(Ok(Default::default()), Some("")).is_err());
+        assert!(with_locality(Ok(Default::default()), Some("a/b/c/d")).is_err());
+        assert!(with_locality(Ok(Default::default()), Some("us east")).is_err());
+        assert!(with_locality(egret_model::parse_labels("novalue"), None).is_err());
+    }
+}
