@@ -371,6 +371,11 @@ fn outlier(o: &OdSpec) -> OutlierDetection {
             .unwrap_or(egret_config::types::Duration::from_secs(30)),
         max_ejection_percent: pct(o.max_ejection_percent, 10),
         min_health_percent: pct(o.min_health_percent, 0),
+        http_error_codes: o
+            .outlier_detection_http_error_codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect(),
     }
 }
 

@@ -717,6 +717,10 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// `outlierDetectionHttpErrorCodes`: when set, the statuses that count as errors for
+    /// `consecutive5xxErrors` instead of every 5xx.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_error_codes: Vec<u16>,
 }
 
 /// TLS towards the upstream (DestinationRule `tls`).

@@ -107,11 +107,23 @@ impl Health {
                 c.store(0, Ordering::Relaxed);
             }
         };
+        let is_error = |s: u16| {
+            if od.http_error_codes.is_empty() {
+                s >= 500
+            } else {
+                od.http_error_codes.contains(&s)
+            }
+        };
         let trip = match r {
-            Result::Status(s) if s >= 500 => {
+            Result::Status(s) if is_error(s) || matches!(s, 502..=504) => {
                 reset(&e.consecutive_local);
                 let gw = matches!(s, 502..=504);
-                let a = bump(&e.consecutive_5xx, od.consecutive_5xx_errors);
+                let a = if is_error(s) {
+                    bump(&e.consecutive_5xx, od.consecutive_5xx_errors)
+                } else {
+                    reset(&e.consecutive_5xx);
+                    false
+                };
                 let b = if gw {
                     bump(&e.consecutive_gateway, od.consecutive_gateway_errors)
                 } else {
@@ -200,6 +212,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: max_pct,
             min_health_percent: 0,
+            http_error_codes: Vec::new(),
         }
     }
 
@@ -239,6 +252,21 @@ mod tests {
         assert!(!h.panic(now_ms()));
         h.record(1, Result::Status(503));
         assert!(h.panic(now_ms()));
+    }
+
+    #[test]
+    fn http_error_codes_replace_5xx() {
+        let mut o = od(2, 100);
+        o.http_error_codes = vec![429, 503];
+        let h = Health::new(&o, 1);
+        assert!(!h.record(0, Result::Status(500)));
+        assert!(!h.record(0, Result::Status(429)));
+        assert!(
+            !h.record(0, Result::Status(500)),
+            "500 is not an error here: resets"
+        );
+        assert!(!h.record(0, Result::Status(429)));
+        assert!(h.record(0, Result::Status(503)));
     }
 
     #[test]
