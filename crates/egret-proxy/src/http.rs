@@ -937,7 +937,7 @@ async fn forward(
         let upstream = if h2 {
             proxy
                 .upstreams
-                .http2(picked.addr, connect_timeout, tls_pair)
+                .http2_with(picked.addr, connect_timeout, tls_pair, &pool_limits)
                 .await
                 .map(Up::H2)
         } else {

@@ -141,11 +141,34 @@ impl Idle {
     }
 }
 
+/// The shared HTTP/2 connection of a key, with what the connection limits need.
+struct H2Conn {
+    sender: http2::SendRequest<ReqBody>,
+    /// Requests it has been handed out for.
+    uses: u32,
+    created: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl H2Conn {
+    fn usable(&self, limits: &PoolLimits, now: std::time::Instant) -> bool {
+        !self.sender.is_closed()
+            && (limits.max_requests_per_connection == 0
+                || self.uses < limits.max_requests_per_connection)
+            && limits
+                .max_connection_duration
+                .is_none_or(|t| now.duration_since(self.created) < t)
+            && limits
+                .idle_timeout
+                .is_none_or(|t| now.duration_since(self.last) < t)
+    }
+}
+
 pub struct Upstreams {
     resolver: Option<TokioResolver>,
     idle: std::sync::Mutex<HashMap<PoolKey, Vec<Idle>>>,
     /// HTTP/2 connections, one per key, shared by concurrent requests (multiplexed).
-    h2: std::sync::Mutex<HashMap<PoolKey, http2::SendRequest<ReqBody>>>,
+    h2: std::sync::Mutex<HashMap<PoolKey, H2Conn>>,
     /// Idle connections kept per key.
     max_idle: usize,
     /// Ranges a gateway refuses for resolved names (besides loopback and link-local).
@@ -544,16 +567,33 @@ impl Upstreams {
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
     ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        self.http2_with(addr, timeout, tls, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::http2`] under the cluster's connection limits: a connection that has
+    /// carried `maxRequestsPerConnection` requests, lived `maxConnectionDuration` or been idle
+    /// `http.idleTimeout` is replaced (it closes once its streams have ended).
+    pub async fn http2_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
         };
-        if let Ok(map) = self.h2.lock()
-            && let Some(s) = map.get(&key).filter(|s| !s.is_closed())
+        let now = std::time::Instant::now();
+        if let Ok(mut map) = self.h2.lock()
+            && let Some(c) = map.get_mut(&key).filter(|c| c.usable(limits, now))
         {
-            return Ok(s.clone());
+            c.uses = c.uses.saturating_add(1);
+            c.last = now;
+            return Ok(c.sender.clone());
         }
-        let io = self.connect(addr, timeout, tls).await?;
+        let io = self.connect_with(addr, timeout, tls, limits).await?;
         let (sender, conn) =
             http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
                 .await
@@ -567,7 +607,16 @@ impl Upstreams {
             }
         });
         if let Ok(mut map) = self.h2.lock() {
-            map.insert(key, sender.clone());
+            let now = std::time::Instant::now();
+            map.insert(
+                key,
+                H2Conn {
+                    sender: sender.clone(),
+                    uses: 1,
+                    created: now,
+                    last: now,
+                },
+            );
         }
         Ok(sender)
     }

@@ -101,9 +101,12 @@ impl Backend {
                             Ok::<_, std::convert::Infallible>(r)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    // HTTP/1.1, or HTTP/2 with prior knowledge.
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
                 });
                 tasks2.lock().unwrap().push(conn.abort_handle());
             }
@@ -973,4 +976,44 @@ async fn echo_once(s: &mut tokio::net::TcpStream) {
     let mut b = [0u8; 4];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"ping");
+}
+
+#[tokio::test]
+async fn http2_upstream_connections_honour_max_requests_per_connection() {
+    let b = Backend::start("h2").await;
+    let se = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [{HOST}]
+  ports: [{{number: 80, name: http2, protocol: HTTP2}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http2: {}}}}}]
+",
+        b.addr.port()
+    );
+    let sc = Sidecar::start(
+        &(se.clone()
+            + &destination_rule("{connectionPool: {http: {maxRequestsPerConnection: 2}}}")),
+    )
+    .await;
+    let cap = sc.capture(dialed()).await;
+    let r = run(cap, 10).await;
+    assert_eq!(ok(&r), 10);
+    assert_eq!(
+        b.connections.load(Ordering::SeqCst),
+        5,
+        "two requests per HTTP/2 connection"
+    );
+    sc.reconfigure(&se).await;
+    let before = b.connections.load(Ordering::SeqCst);
+    let r = run(cap, 10).await;
+    assert_eq!(ok(&r), 10);
+    assert!(
+        b.connections.load(Ordering::SeqCst) - before <= 1,
+        "one shared connection"
+    );
+    assert_eq!(b.count(), 20);
 }
