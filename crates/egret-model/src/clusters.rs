@@ -63,10 +63,21 @@ pub fn build(scope: &Scope<'_>, host: &str, port: u16, subset: Option<&str>) -> 
             crate::scope::Proto::Http2 | crate::scope::Proto::Grpc | crate::scope::Proto::GrpcWeb
         )
     }) || policy.connection_pool.h2_upgrade;
-    let endpoints = match svc {
+    let mut endpoints = match svc {
         Some(s) => endpoints(scope, s, port, subset_labels.as_ref()),
         None => Vec::new(),
     };
+    let locality_setting = policy_spec
+        .as_ref()
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+        .or(scope.set.mesh.locality_lb_setting.as_ref());
+    crate::locality::apply(
+        &mut endpoints,
+        locality_setting,
+        policy.outlier_detection.is_some(),
+        &scope.proxy.labels,
+    );
     Cluster {
         name: cluster_name(port, subset, host),
         host: host.to_string(),
@@ -360,6 +371,11 @@ fn outlier(o: &OdSpec) -> OutlierDetection {
             .unwrap_or(egret_config::types::Duration::from_secs(30)),
         max_ejection_percent: pct(o.max_ejection_percent, 10),
         min_health_percent: pct(o.min_health_percent, 0),
+        http_error_codes: o
+            .outlier_detection_http_error_codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect(),
     }
 }
 
@@ -435,6 +451,8 @@ fn endpoints(
                         locality: e.locality.clone(),
                         weight: e.weight.unwrap_or(1).max(1),
                         service_account: e.service_account.clone(),
+                        priority: 0,
+                        lb_weight: None,
                     })
                 })
                 .collect();
@@ -458,6 +476,8 @@ fn endpoints(
                     locality: we.spec.locality.clone(),
                     weight: we.spec.weight.unwrap_or(1).max(1),
                     service_account: we.spec.service_account.clone(),
+                    priority: 0,
+                    lb_weight: None,
                 });
             }
             // DNS with no endpoints: the host itself is the name to resolve.
@@ -474,6 +494,8 @@ fn endpoints(
                     locality: None,
                     weight: 1,
                     service_account: None,
+                    priority: 0,
+                    lb_weight: None,
                 });
             }
             out

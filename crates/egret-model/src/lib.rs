@@ -18,6 +18,7 @@ pub mod clusters;
 pub mod compile;
 pub mod host;
 pub mod identity;
+pub mod locality;
 pub mod policy;
 pub mod ratelimit;
 pub mod routes;

@@ -615,6 +615,29 @@ pub struct Endpoint {
     pub weight: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// Locality failover priority (0 = most preferred) from the DestinationRule's
+    /// `localityLbSetting` (`failover` / `failoverPriority`) and the proxy's locality; all 0
+    /// when locality failover is not active (Istio needs `outlierDetection` for it).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    /// Load-balancing weight after `localityLbSetting.distribute` (the locality's share split
+    /// over its endpoints by `weight`); `None` = `weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb_weight: Option<u32>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Endpoint {
+    /// The weight load balancing uses (0: `distribute` gives this locality no traffic).
+    pub fn effective_weight(&self) -> u32 {
+        match self.lb_weight {
+            Some(w) => w,
+            None => self.weight.max(1),
+        }
+    }
 }
 
 /// The DestinationRule traffic policy for one cluster after Istio's merge (subset over
@@ -722,6 +745,10 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// `outlierDetectionHttpErrorCodes`: when set, the statuses that count as errors for
+    /// `consecutive5xxErrors` instead of every 5xx.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_error_codes: Vec<u16>,
 }
 
 /// TLS towards the upstream (DestinationRule `tls`).

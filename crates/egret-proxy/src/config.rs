@@ -77,6 +77,38 @@ pub struct ClusterRuntime {
     pub next_ip: AtomicUsize,
     /// Requests (or connections) in flight per endpoint, for LEAST_REQUEST.
     pub active: Arc<[AtomicUsize]>,
+    /// Outlier detection state, when the DestinationRule has `outlierDetection`.
+    pub health: Option<crate::outlier::Health>,
+    /// The consistent-hash table (`consistentHash`), built once per snapshot.
+    pub hash_table: Option<crate::balancer::HashTable>,
+    /// `connectionPool` limits (circuit breaking).
+    pub breaker: crate::circuit::Breaker,
+}
+
+impl ClusterRuntime {
+    /// The data-plane state of one cluster of a new snapshot.
+    pub fn for_cluster(
+        c: &egret_model::snapshot::Cluster,
+        tls: Option<Arc<ClientConfig>>,
+        mesh: Option<Arc<ClientConfig>>,
+    ) -> ClusterRuntime {
+        ClusterRuntime {
+            tls,
+            mesh,
+            next: AtomicUsize::new(0),
+            next_ip: AtomicUsize::new(0),
+            active: (0..c.endpoints.len())
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            health: c
+                .policy
+                .outlier_detection
+                .as_ref()
+                .map(|od| crate::outlier::Health::new(od, c.endpoints.len())),
+            hash_table: crate::balancer::HashTable::build(c),
+            breaker: crate::circuit::Breaker::new(&c.policy.connection_pool),
+        }
+    }
 }
 
 impl Runtime {
@@ -120,15 +152,7 @@ impl Runtime {
             }
             clusters.insert(
                 c.name.clone(),
-                ClusterRuntime {
-                    tls,
-                    mesh: mesh_config,
-                    next: AtomicUsize::new(0),
-                    next_ip: AtomicUsize::new(0),
-                    active: (0..c.endpoints.len())
-                        .map(|_| AtomicUsize::new(0))
-                        .collect(),
-                },
+                ClusterRuntime::for_cluster(c, tls, mesh_config),
             );
         }
         let mut servers = HashMap::new();

@@ -83,6 +83,9 @@ pub async fn handle(
             "NR" if out.cluster == BLACKHOLE_CLUSTER => "blackhole",
             "NR" => "no_route",
             "UT" => "timeout",
+            "UO" => "overflow",
+            "FI" | "DI,FI" => "fault_abort",
+            "DI" => "routed",
             "DPE" => "bad_request",
             _ => "upstream_error",
         },
@@ -413,7 +416,9 @@ async fn outbound_policy(
         );
     }
     tracing::info!(target: "policy", host, %addr, "ALLOW_ANY: passthrough");
-    let req = strip_hop_by_hop(req, &authority);
+    let mut req = strip_hop_by_hop(req, &authority);
+    let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let req = req.map(|b| b.boxed());
     let (sender, returner) = match proxy
         .upstreams
         .http1(addr, Duration::from_secs(10), None)
@@ -423,7 +428,7 @@ async fn outbound_policy(
         Err(e) => return upstream_failed(e, out, authority),
     };
     out.upstream = Some(addr);
-    match exchange(proxy, addr, sender, returner, req, None).await {
+    match exchange(proxy, addr, sender, returner, req, downstream_upgrade, None).await {
         Ok(r) => {
             out.status = r.status().as_u16();
             (r, out, authority)
@@ -740,6 +745,8 @@ fn apply_headers(h: &mut http::HeaderMap, ops: &HeaderOps) {
     }
 }
 
+/// Forward a routed request: fault injection, circuit breaking, mirrors, then attempts on
+/// endpoints with the route's retry policy and timeouts (`resilience`, `circuit`, `outlier`).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     proxy: &Arc<Proxy>,
@@ -752,6 +759,27 @@ async fn forward(
     host: &str,
     mut out: Outcome,
 ) -> (Response<RespBody>, Outcome) {
+    use crate::resilience::{self as res, Attempt};
+    // Fault injection (Envoy's fault filter: the delay first, then the abort).
+    if let Some(f) = &route.fault {
+        if let Some((d, pct)) = f.delay
+            && res::roll(pct)
+        {
+            proxy.metrics.fault("delay");
+            tokio::time::sleep(d.to_std()).await;
+            out.flags = "DI";
+        }
+        if let Some((status, pct)) = f.abort
+            && res::roll(pct)
+        {
+            proxy.metrics.fault("abort");
+            out.status = status;
+            out.flags = if out.flags == "DI" { "DI,FI" } else { "FI" };
+            out.details = "fault_filter_abort";
+            let s = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (local(s, "fault filter abort"), out);
+        }
+    }
     let authority = req
         .headers()
         .get(header::HOST)
@@ -799,246 +827,357 @@ async fn forward(
         (None, false) => sni_host,
     };
     let connect_timeout = cluster.policy.connection_pool.connect_timeout.to_std();
-    // Connect failures are retried on another endpoint (Istio's default retry policy has
-    // `connect-failure`); the request body has not been sent yet, so this is always safe.
-    let attempts = if route.retries.retry_on.contains("connect-failure") {
-        1 + route.retries.attempts.min(5)
-    } else {
-        1
-    };
     // HTTP/2 upstream: the cluster says so (port protocol HTTP2/GRPC, h2UpgradePolicy), or
     // `useClientProtocol` and the client speaks HTTP/2.
     let downstream_h2 = req.version() == http::Version::HTTP_2;
-    if mesh
+    let h2 = mesh
         || cluster.http2
-        || (cluster.policy.connection_pool.use_client_protocol && downstream_h2)
-    {
-        return forward_h2(
-            proxy,
-            conn,
-            cluster,
-            route,
-            dest,
-            state,
-            tls,
-            req,
-            host,
-            &sni,
-            connect_timeout,
-            attempts,
-            out,
-        )
-        .await;
-    }
-    let picked = connect_endpoint(proxy, cluster, state, conn, host, attempts, |addr| {
-        proxy
-            .upstreams
-            .http1(addr, connect_timeout, tls.map(|c| (c, sni.as_str())))
-    })
-    .await;
-    let (addr, (sender, returner), load) = match picked {
-        Connected::Yes(addr, c, load) => (addr, c, load),
-        Connected::Loop => return refuse_loop(out),
-        Connected::No(e) => {
-            let (r, o, _) = upstream_failed(e, out, authority);
-            return (r, o);
-        }
-    };
-    out.upstream = Some(addr);
-    let timeout = route.timeout.map(|t| t.to_std());
-    match exchange(proxy, addr, sender, returner, req, timeout).await {
-        Ok(mut r) => {
-            out.status = r.status().as_u16();
-            apply_headers(r.headers_mut(), &dest.response_headers);
-            apply_headers(r.headers_mut(), &route.response_headers);
-            // In flight until the response body has been sent (LEAST_REQUEST).
-            let r = match load {
-                Some(guard) => r.map(|b| {
-                    Guarded {
-                        inner: b,
-                        _guard: guard,
-                    }
-                    .boxed()
-                }),
-                None => r,
-            };
-            (r, out)
-        }
-        Err(SendError::Timeout) => {
-            out.status = 504;
-            out.flags = "UT";
-            out.details = "upstream_response_timeout";
-            (
-                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                out,
-            )
-        }
-        Err(SendError::Upstream(e)) => {
-            let (r, o, _) = upstream_failed(e, out, authority);
-            (r, o)
-        }
-        Err(SendError::Reset(reason)) => {
-            out.status = 503;
-            out.flags = "UC";
-            out.details = "upstream_reset_before_response_started";
-            tracing::warn!(target: "upstream", "{reason}");
-            (
-                local(
+        || (cluster.policy.connection_pool.use_client_protocol && downstream_h2);
+    // Circuit breaking: over the cluster's limits the request is refused at once (`UO`).
+    let admission = match state {
+        Some(s) => match s.breaker.admit_http(!h2).await {
+            Ok(a) => Some(a),
+            Err(o) => {
+                proxy.metrics.overflow(&cluster.name);
+                out.status = 503;
+                out.flags = "UO";
+                out.details = "upstream_overflow";
+                tracing::warn!(target: "upstream", cluster = %cluster.name, limit = o.0, "circuit breaker open: 503 UO");
+                let mut r = local(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers",
-                ),
-                out,
-            )
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+                r.headers_mut().insert(
+                    HeaderName::from_static("x-envoy-overloaded"),
+                    HeaderValue::from_static("true"),
+                );
+                return (r, out);
+            }
+        },
+        None => None,
+    };
+    let policy = &route.retries;
+    let pool_limits = crate::upstream::PoolLimits::of(&cluster.policy.connection_pool);
+    let mut hash = state
+        .and_then(|s| s.hash_table.as_ref())
+        .and_then(|_| res::hash_key(cluster, &req, conn.peer));
+    let mut set_cookie = None;
+    if hash.is_none()
+        && state.is_some_and(|s| s.hash_table.is_some())
+        && let Some((h, cookie)) = res::generate_cookie(cluster)
+    {
+        hash = Some(h);
+        set_cookie = Some(cookie);
+    }
+    // Which mirrors this request goes to (`mirrorPercentage`).
+    let mut mirror_mask = 0u64;
+    for (i, m) in route.mirrors.iter().enumerate().take(64) {
+        if res::roll(m.percent) {
+            mirror_mask |= 1 << i;
+        }
+    }
+    let upgrade = is_upgrade(&req);
+    let mut downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut head, body) = req.into_parts();
+    let replayable =
+        !upgrade && (res::replays(&policy.retry_on, policy.attempts) || mirror_mask != 0);
+    let mut body = if replayable {
+        res::buffer_small(body, &head.headers).await
+    } else {
+        res::Body::Stream(body)
+    };
+    if let res::Body::Failed = body {
+        out.status = 400;
+        out.flags = "DC";
+        out.details = "downstream_body_read_failed";
+        return (
+            local(StatusCode::BAD_REQUEST, "cannot read the request body\n"),
+            out,
+        );
+    }
+    if let res::Body::Buffered(b) = &body {
+        for (i, m) in route.mirrors.iter().enumerate().take(64) {
+            if mirror_mask & (1 << i) != 0 {
+                res::mirror(proxy, &m.cluster, &head, b.clone(), host);
+            }
+        }
+    }
+    // The route timeout covers every attempt; `perTryTimeout` each one.
+    let deadline = route.timeout.map(|t| Instant::now() + t.to_std());
+    let max_attempts = 1 + policy.attempts.min(res::MAX_ATTEMPTS - 1);
+    let mut ctx = crate::balancer::PickCtx { hash, tried: 0 };
+    let mut attempt = 0u32;
+    let mut _retry_slot = None;
+    loop {
+        attempt += 1;
+        let may_retry = || -> Option<crate::circuit::RetrySlot> {
+            if attempt >= max_attempts {
+                return None;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            let slot = match state {
+                Some(s) => s.breaker.retry(),
+                None => None,
+            };
+            if slot.is_none() && state.is_some() {
+                tracing::debug!(target: "upstream", "maxRetries reached: not retrying");
+            }
+            slot
+        };
+        let picked = match proxy
+            .upstreams
+            .pick_with(cluster, state, conn.orig_dst, host, &ctx)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let (r, o, _) = upstream_failed(e, out, authority);
+                return (r, o);
+            }
+        };
+        if proxy.is_self(picked.addr) {
+            return refuse_loop(out);
+        }
+        // Istio's `retryIgnorePreviousHosts` (default true): retries go to other endpoints.
+        if let Some(i) = picked.endpoint
+            && policy.retry_ignore_previous_hosts
+        {
+            ctx.mark_tried(i);
+        }
+        let record = |r: crate::outlier::Result| {
+            if let (Some(h), Some(i)) = (state.and_then(|s| s.health.as_ref()), picked.endpoint)
+                && h.record(i, r)
+            {
+                proxy.metrics.outlier_ejection(&cluster.name);
+                tracing::warn!(target: "upstream", cluster = %cluster.name, endpoint = %picked.addr, "outlier detection: endpoint ejected");
+            }
+        };
+        out.upstream = Some(picked.addr);
+        let tls_pair = tls.map(|c| (c, sni.as_str()));
+        let upstream = if h2 {
+            proxy
+                .upstreams
+                .http2_with(picked.addr, connect_timeout, tls_pair, &pool_limits)
+                .await
+                .map(Up::H2)
+        } else {
+            proxy
+                .upstreams
+                .http1_with(picked.addr, connect_timeout, tls_pair, &pool_limits)
+                .await
+                .map(|(s, r)| Up::H1(s, r))
+        };
+        let upstream = match upstream {
+            Ok(u) => u,
+            Err(e) => {
+                record(crate::outlier::Result::LocalFailure);
+                // Nothing has been sent: a connect failure can be retried whatever the body.
+                if res::retriable(&policy.retry_on, Attempt::ConnectFailure)
+                    && let Some(slot) = may_retry()
+                {
+                    _retry_slot = Some(slot);
+                    proxy.metrics.retry(&cluster.name);
+                    tokio::time::sleep(res::backoff(policy.backoff.map(|b| b.to_std()), attempt))
+                        .await;
+                    continue;
+                }
+                let (r, o, _) = upstream_failed(e, out, authority);
+                return (r, o);
+            }
+        };
+        let up_body = match &mut body {
+            res::Body::Buffered(b) => res::full(b),
+            res::Body::Stream(_) => match std::mem::replace(&mut body, res::Body::Failed) {
+                res::Body::Stream(s) => s.boxed(),
+                _ => ReqBody::default(),
+            },
+            res::Body::Failed => ReqBody::default(),
+        };
+        let can_replay = matches!(body, res::Body::Buffered(_));
+        let mut up_req = Request::new(up_body);
+        *up_req.method_mut() = head.method.clone();
+        *up_req.uri_mut() = head.uri.clone();
+        *up_req.version_mut() = head.version;
+        // The last attempt that can use the headers takes them; earlier ones copy.
+        *up_req.headers_mut() = if !can_replay || attempt >= max_attempts {
+            std::mem::take(&mut head.headers)
+        } else {
+            head.headers.clone()
+        };
+        // This attempt's time: the per-try timeout, within what is left of the route's.
+        let now = Instant::now();
+        let left = deadline.map(|d| d.saturating_duration_since(now));
+        let per_try = policy
+            .per_try_timeout
+            .map(|t| t.to_std())
+            .filter(|t| !t.is_zero());
+        let (timeout, global) = match (per_try, left) {
+            (Some(p), Some(l)) if p < l => (Some(p), false),
+            (_, Some(l)) => (Some(l), true),
+            (Some(p), None) => (Some(p), false),
+            (None, None) => (None, false),
+        };
+        let res = match upstream {
+            Up::H1(sender, returner) => {
+                exchange(
+                    proxy,
+                    picked.addr,
+                    sender,
+                    returner,
+                    up_req,
+                    downstream_upgrade.take(),
+                    timeout,
+                )
+                .await
+            }
+            Up::H2(mut sender) => {
+                let up_req = to_h2(up_req, tls.is_some(), &authority);
+                let send = sender.send_request(up_req);
+                let r = match timeout {
+                    Some(t) => tokio::time::timeout(t, send)
+                        .await
+                        .map_err(|_| SendError::Timeout),
+                    None => Ok(send.await),
+                };
+                match r {
+                    Err(e) => Err(e),
+                    Ok(Err(e)) => {
+                        let refused = e.to_string().to_ascii_lowercase().contains("refused");
+                        Err(SendError::Reset(format!("{}: {e}", picked.addr), refused))
+                    }
+                    Ok(Ok(resp)) => Ok(resp.map(|b| b.boxed())),
+                }
+            }
+        };
+        match res {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                record(crate::outlier::Result::Status(status));
+                let retry_it =
+                    res::retriable(&policy.retry_on, Attempt::Status(status, resp.headers()));
+                if retry_it
+                    && can_replay
+                    && let Some(slot) = may_retry()
+                {
+                    _retry_slot = Some(slot);
+                    proxy.metrics.retry(&cluster.name);
+                    drop(resp);
+                    tokio::time::sleep(res::backoff(policy.backoff.map(|b| b.to_std()), attempt))
+                        .await;
+                    continue;
+                }
+                out.status = status;
+                if retry_it && attempt > 1 {
+                    // The answer is still one to retry, and no retry is left.
+                    out.flags = "URX";
+                }
+                let mut r = resp;
+                if let Some(c) = set_cookie {
+                    r.headers_mut().append(header::SET_COOKIE, c);
+                }
+                apply_headers(r.headers_mut(), &dest.response_headers);
+                apply_headers(r.headers_mut(), &route.response_headers);
+                // In flight until the response body has been sent (LEAST_REQUEST, circuit
+                // breaking).
+                let r = if picked.load.is_some() || admission.is_some() {
+                    let guard = (picked.load, admission);
+                    r.map(|b| {
+                        Guarded {
+                            inner: b,
+                            _guard: guard,
+                        }
+                        .boxed()
+                    })
+                } else {
+                    r
+                };
+                return (r, out);
+            }
+            Err(SendError::Timeout) => {
+                record(crate::outlier::Result::LocalFailure);
+                if !global
+                    && can_replay
+                    && res::retriable(&policy.retry_on, Attempt::Timeout)
+                    && let Some(slot) = may_retry()
+                {
+                    _retry_slot = Some(slot);
+                    proxy.metrics.retry(&cluster.name);
+                    continue;
+                }
+                out.status = 504;
+                out.flags = "UT";
+                out.details = "upstream_response_timeout";
+                return (
+                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                    out,
+                );
+            }
+            Err(SendError::Upstream(e)) => {
+                record(crate::outlier::Result::LocalFailure);
+                let (r, o, _) = upstream_failed(e, out, authority);
+                return (r, o);
+            }
+            Err(SendError::Reset(reason, refused)) => {
+                record(crate::outlier::Result::LocalFailure);
+                tracing::warn!(target: "upstream", "{reason}");
+                if can_replay
+                    && res::retriable(&policy.retry_on, Attempt::Reset { refused })
+                    && let Some(slot) = may_retry()
+                {
+                    _retry_slot = Some(slot);
+                    proxy.metrics.retry(&cluster.name);
+                    tokio::time::sleep(res::backoff(policy.backoff.map(|b| b.to_std()), attempt))
+                        .await;
+                    continue;
+                }
+                out.status = 503;
+                out.flags = if attempt > 1 { "URX" } else { "UC" };
+                out.details = "upstream_reset_before_response_started";
+                return (
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers",
+                    ),
+                    out,
+                );
+            }
         }
     }
 }
 
-/// The HTTP/2 leg of [`forward`]: one multiplexed connection per endpoint.
-#[allow(clippy::too_many_arguments)]
-async fn forward_h2(
-    proxy: &Arc<Proxy>,
-    conn: &Arc<ConnInfo>,
-    cluster: &Cluster,
-    route: &HttpRoute,
-    dest: &WeightedCluster,
-    state: Option<&crate::config::ClusterRuntime>,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-    req: Request<Incoming>,
-    host: &str,
-    sni: &str,
-    connect_timeout: Duration,
-    attempts: u32,
-    mut out: Outcome,
-) -> (Response<RespBody>, Outcome) {
-    let picked = connect_endpoint(proxy, cluster, state, conn, host, attempts, |addr| {
-        proxy
-            .upstreams
-            .http2(addr, connect_timeout, tls.map(|c| (c, sni)))
-    })
-    .await;
-    let (addr, mut sender, load) = match picked {
-        Connected::Yes(addr, s, load) => (addr, s, load),
-        Connected::Loop => return refuse_loop(out),
-        Connected::No(e) => {
-            let (r, o, _) = upstream_failed(e, out, host.to_string());
-            return (r, o);
-        }
-    };
-    out.upstream = Some(addr);
-    // HTTP/2 carries the authority in `:authority`, from an absolute URI.
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| host.to_string());
-    let scheme = if tls.is_some() { "https" } else { "http" };
+/// An upstream connection for one attempt.
+enum Up {
+    H1(
+        hyper::client::conn::http1::SendRequest<ReqBody>,
+        crate::upstream::Returner,
+    ),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
+}
+
+/// An HTTP/1.1-shaped request made fit for HTTP/2: the authority goes into an absolute URI
+/// (`:authority`), not a Host header.
+pub(crate) fn to_h2(req: Request<ReqBody>, tls: bool, authority: &str) -> Request<ReqBody> {
+    let scheme = if tls { "https" } else { "http" };
     let pq = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| authority.to_string());
     parts.headers.remove(header::HOST);
     parts.version = http::Version::HTTP_2;
     if let Ok(u) = format!("{scheme}://{authority}{pq}").parse() {
         parts.uri = u;
     }
-    let up: Request<ReqBody> = Request::from_parts(parts, body.boxed());
-    let send = sender.send_request(up);
-    let res = match route.timeout.map(|t| t.to_std()) {
-        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
-        None => Ok(send.await),
-    };
-    match res {
-        Err(()) => {
-            out.status = 504;
-            out.flags = "UT";
-            out.details = "upstream_response_timeout";
-            (
-                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                out,
-            )
-        }
-        Ok(Err(e)) => {
-            out.status = 503;
-            out.flags = "UC";
-            out.details = "upstream_reset_before_response_started";
-            tracing::warn!(target: "upstream", %addr, "{e}");
-            (
-                local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers",
-                ),
-                out,
-            )
-        }
-        Ok(Ok(resp)) => {
-            out.status = resp.status().as_u16();
-            let mut r = resp.map(|b| b.boxed());
-            apply_headers(r.headers_mut(), &dest.response_headers);
-            apply_headers(r.headers_mut(), &route.response_headers);
-            let r = match load {
-                Some(guard) => r.map(|b| {
-                    Guarded {
-                        inner: b,
-                        _guard: guard,
-                    }
-                    .boxed()
-                }),
-                None => r,
-            };
-            (r, out)
-        }
-    }
-}
-
-/// What [`connect_endpoint`] got.
-enum Connected<T> {
-    Yes(SocketAddr, T, Option<crate::upstream::LoadGuard>),
-    /// The chosen endpoint is this proxy itself.
-    Loop,
-    No(UpstreamError),
-}
-
-/// Choose an endpoint and connect (`connect`: HTTP/1.1 pool or HTTP/2), trying another endpoint
-/// after a failure up to `attempts` times: connect failures are retried per the route's
-/// `retryOn` (Istio's default has `connect-failure`); nothing has been sent yet, so it is safe.
-async fn connect_endpoint<T, F, Fut>(
-    proxy: &Arc<Proxy>,
-    cluster: &Cluster,
-    state: Option<&crate::config::ClusterRuntime>,
-    conn: &ConnInfo,
-    host: &str,
-    attempts: u32,
-    connect: F,
-) -> Connected<T>
-where
-    F: Fn(SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = Result<T, UpstreamError>>,
-{
-    let mut last_err = None;
-    for _ in 0..attempts.max(1) {
-        let p = match proxy
-            .upstreams
-            .pick(cluster, state, conn.orig_dst, host)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                last_err = Some(e);
-                continue;
-            }
-        };
-        if proxy.is_self(p.addr) {
-            return Connected::Loop;
-        }
-        match connect(p.addr).await {
-            Ok(c) => return Connected::Yes(p.addr, c, p.load),
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Connected::No(last_err.unwrap_or_else(|| UpstreamError::NoEndpoint(cluster.name.clone())))
+    Request::from_parts(parts, body)
 }
 
 fn refuse_loop(mut out: Outcome) -> (Response<RespBody>, Outcome) {
@@ -1051,7 +1190,8 @@ fn refuse_loop(mut out: Outcome) -> (Response<RespBody>, Outcome) {
 enum SendError {
     Timeout,
     Upstream(UpstreamError),
-    Reset(String),
+    /// The upstream reset the stream (`true`: HTTP/2 REFUSED_STREAM).
+    Reset(String, bool),
 }
 
 impl From<UpstreamError> for SendError {
@@ -1062,22 +1202,21 @@ impl From<UpstreamError> for SendError {
 
 /// Send over an HTTP/1.1 connection (pooled or new) and give it back when the response has
 /// been read; relay an upgrade (WebSocket) when the upstream switches protocols. `timeout`
-/// (the route's) runs until the response headers arrive.
+/// runs until the response headers arrive.
 async fn exchange(
     proxy: &Arc<Proxy>,
     addr: SocketAddr,
     mut sender: hyper::client::conn::http1::SendRequest<ReqBody>,
     returner: crate::upstream::Returner,
-    mut req: Request<Incoming>,
+    req: Request<ReqBody>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     timeout: Option<Duration>,
 ) -> Result<Response<RespBody>, SendError> {
-    let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let req: Request<ReqBody> = req.map(|b| b.boxed());
     let send = async {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| SendError::Reset(format!("{addr}: {e}")))?;
+            .map_err(|e| SendError::Reset(format!("{addr}: {e}"), false))?;
         proxy.upstreams.give_back(sender, returner);
         Ok::<_, SendError>(resp)
     };
@@ -1118,10 +1257,14 @@ pub fn is_connect(req: &Request<Incoming>) -> bool {
     req.method() == Method::CONNECT
 }
 
-/// A response body that keeps its endpoint's in-flight count until it is dropped.
+/// A response body that keeps its endpoint's in-flight count and its circuit-breaker slots
+/// until it is dropped.
 struct Guarded {
     inner: RespBody,
-    _guard: crate::upstream::LoadGuard,
+    _guard: (
+        Option<crate::upstream::LoadGuard>,
+        Option<crate::circuit::Admission>,
+    ),
 }
 
 impl hyper::body::Body for Guarded {

@@ -601,7 +601,7 @@ pub struct EndpointView {
     pub locality: Option<String>,
     pub weight: u32,
     /// `HEALTHY`; `UNHEALTHY` when the name does not resolve (see `resolution_error`) or
-    /// when [`Upstreams::endpoint_health`] says so.
+    /// when [`Upstreams::endpoint_health`] says so (outlier detection ejected it).
     pub health: String,
     pub resolution_error: Option<String>,
 }
@@ -724,7 +724,8 @@ fn cluster_view(
             });
         }
         Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
-            for ep in &c.endpoints {
+            let state = rt.clusters.get(&c.name);
+            for (index, ep) in c.endpoints.iter().enumerate() {
                 let base = |address: String, health: &str, err: Option<String>| EndpointView {
                     address,
                     hostname: is_name(&ep.address).then(|| ep.address.clone()),
@@ -737,7 +738,7 @@ fn cluster_view(
                     match ep.address.trim_matches(['[', ']']).parse::<IpAddr>() {
                         Ok(ip) => {
                             let addr = SocketAddr::new(ip, ep.port);
-                            let health = up.endpoint_health(&c.name, addr);
+                            let health = up.endpoint_health(state, index);
                             endpoints.push(base(addr.to_string(), health, None));
                         }
                         // unix:// endpoints: listed, not dialled by this proxy.
@@ -755,7 +756,7 @@ fn cluster_view(
                         };
                         for ip in ips.iter().take(n) {
                             let addr = SocketAddr::new(*ip, ep.port);
-                            let health = up.endpoint_health(&c.name, addr);
+                            let health = up.endpoint_health(state, index);
                             endpoints.push(base(addr.to_string(), health, None));
                         }
                     }

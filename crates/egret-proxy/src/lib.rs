@@ -8,18 +8,23 @@
 //! data plane reads through an `ArcSwap`; `admin` serves `/ready`, `/config_dump`, `/metrics`.
 
 pub mod admin;
+pub mod balancer;
 pub mod capture;
+pub mod circuit;
 pub mod config;
 pub mod detect;
 pub mod gateway;
 pub mod http;
+pub mod idle;
 pub mod inspect;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
 pub mod otlp;
+pub mod outlier;
 pub mod policy;
 pub mod proxy;
+pub mod resilience;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;

@@ -34,8 +34,28 @@ pub struct PolicyDecision {
     pub protocol: &'static str,
 }
 
+/// A cluster (`outbound|port|subset|host`): bounded by the configuration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+/// `delay` or `abort`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultKind {
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    /// Endpoints ejected by outlier detection, per cluster.
+    pub outlier_ejections: Family<ClusterLabel, Counter>,
+    /// Requests and connections refused by circuit breaking (`UO`), per cluster.
+    pub overflow: Family<ClusterLabel, Counter>,
+    /// Retries made, per cluster.
+    pub retries: Family<ClusterLabel, Counter>,
+    /// Faults injected (`delay`, `abort`).
+    pub faults: Family<FaultKind, Counter>,
     pub policy: Family<PolicyDecision, Counter>,
     pub requests: Family<Outcome, Counter>,
     pub connections: Family<Outcome, Counter>,
@@ -83,8 +103,36 @@ impl Metrics {
             "Downstream connections open now",
             active_connections.clone(),
         );
+        let outlier_ejections = Family::<ClusterLabel, Counter>::default();
+        let overflow = Family::<ClusterLabel, Counter>::default();
+        let retries = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster",
+            outlier_ejections.clone(),
+        );
+        registry.register(
+            "upstream_overflow",
+            "Requests and connections refused by circuit breaking (UO), by cluster",
+            overflow.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Retries made, by cluster",
+            retries.clone(),
+        );
+        let faults = Family::<FaultKind, Counter>::default();
+        registry.register(
+            "faults_injected",
+            "Faults injected by VirtualService fault rules, by kind (delay, abort)",
+            faults.clone(),
+        );
         Metrics {
             registry,
+            faults,
+            outlier_ejections,
+            overflow,
+            retries,
             policy,
             requests,
             connections,
@@ -150,6 +198,42 @@ impl Metrics {
         self.connections
             .get_or_create(&Outcome { outcome, protocol })
             .get()
+    }
+
+    fn cluster_counter(f: &Family<ClusterLabel, Counter>, cluster: &str) -> Counter {
+        f.get_or_create(&ClusterLabel {
+            cluster: cluster.to_string(),
+        })
+        .clone()
+    }
+
+    pub fn outlier_ejection(&self, cluster: &str) {
+        Self::cluster_counter(&self.outlier_ejections, cluster).inc();
+    }
+
+    pub fn overflow(&self, cluster: &str) {
+        Self::cluster_counter(&self.overflow, cluster).inc();
+    }
+
+    pub fn retry(&self, cluster: &str) {
+        Self::cluster_counter(&self.retries, cluster).inc();
+    }
+
+    pub fn fault(&self, kind: &'static str) {
+        self.faults.get_or_create(&FaultKind { kind }).inc();
+    }
+
+    pub fn fault_count(&self, kind: &'static str) -> u64 {
+        self.faults.get_or_create(&FaultKind { kind }).get()
+    }
+
+    /// (ejections, overflows, retries) of a cluster (tests, admin views).
+    pub fn resilience_counts(&self, cluster: &str) -> (u64, u64, u64) {
+        (
+            Self::cluster_counter(&self.outlier_ejections, cluster).get(),
+            Self::cluster_counter(&self.overflow, cluster).get(),
+            Self::cluster_counter(&self.retries, cluster).get(),
+        )
     }
 
     /// Prometheus text format 0.0.4 (what `/stats/prometheus` serves and `promtool check

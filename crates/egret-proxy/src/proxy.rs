@@ -451,6 +451,17 @@ impl Proxy {
             tracing::warn!(target: "upstream", cluster = %cluster.name, "cannot be used by this proxy: {reason}");
             return;
         }
+        // `tcp.maxConnections`: over the limit the connection is closed at once (`UO`).
+        let _admission = match state.map(|s| s.breaker.admit_connection()) {
+            Some(Err(_)) => {
+                self.metrics.connection("overflow", protocol);
+                self.metrics.overflow(&cluster.name);
+                tracing::warn!(target: "access", "\"- - -\" 0 UO upstream_overflow \"-\" {} peer={}", cluster.name, conn.peer);
+                return;
+            }
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
         let host = sni.clone().unwrap_or_else(|| cluster.host.clone());
         let picked = match self
             .upstreams
@@ -508,14 +519,27 @@ impl Proxy {
                 .map(|u| Box::new(TokioIo::new(u)) as Box<dyn crate::upstream::Stream>)
         } else {
             self.upstreams
-                .connect(
+                .connect_with(
                     picked.addr,
                     timeout,
                     originate.as_ref().map(|(c, s)| (*c, s.as_str())),
+                    &crate::upstream::PoolLimits::of(&cluster.policy.connection_pool),
                 )
                 .await
         };
         rec.upstream(picked.addr);
+        // Outlier detection for TCP counts connect failures (Istio: `consecutive5xxErrors`).
+        if let (Some(h), Some(i)) = (state.and_then(|s| s.health.as_ref()), picked.endpoint) {
+            let r = if up.is_ok() {
+                crate::outlier::Result::Connected
+            } else {
+                crate::outlier::Result::LocalFailure
+            };
+            if h.record(i, r) {
+                self.metrics.outlier_ejection(&cluster.name);
+                tracing::warn!(target: "upstream", cluster = %cluster.name, endpoint = %picked.addr, "outlier detection: endpoint ejected");
+            }
+        }
         let up = match up {
             Ok(s) => s,
             Err(e) => {
@@ -527,7 +551,13 @@ impl Proxy {
         };
         self.metrics.connection("routed", protocol);
         rec.connected();
-        let (tx, rx) = relay(stream, prefix, up).await;
+        // `tcp.idleTimeout` (default 1 h, `0s` disables) closes a relay without traffic.
+        let idle = cluster.policy.connection_pool.tcp_idle_timeout.to_std();
+        let Some((tx, rx)) = crate::idle::relay(stream, prefix, up, Some(idle)).await else {
+            tracing::info!(target: "access", "\"- - -\" 0 - idle_timeout \"{}\" {} peer={}", picked.addr, cluster.name, conn.principal());
+            rec.fail("-", "idle_timeout");
+            return;
+        };
         rec.bytes(tx, rx);
         tracing::info!(
             target: "access",

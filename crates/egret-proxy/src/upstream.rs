@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use egret_config::types::{Resolution, SimpleLb};
-use egret_model::snapshot::{Cluster, LoadBalancer};
+use egret_config::types::Resolution;
+use egret_model::snapshot::Cluster;
 use hickory_resolver::TokioResolver;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
@@ -85,11 +85,90 @@ struct PoolKey {
 }
 
 /// The shared pieces: resolver and connection pool. One per proxy, shared by all requests.
+/// Per-cluster limits the pool applies (DestinationRule `connectionPool`, Istio/Envoy):
+/// `http.maxRequestsPerConnection`, `http.idleTimeout`, `tcp.maxConnectionDuration` and
+/// `tcp.tcpKeepalive`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolLimits {
+    /// 0 = unlimited; 1 disables keep-alive.
+    pub max_requests_per_connection: u32,
+    /// An idle pooled connection older than this is closed, not reused.
+    pub idle_timeout: Option<Duration>,
+    /// A connection older than this is not reused.
+    pub max_connection_duration: Option<Duration>,
+    /// TCP keep-alive probes on upstream sockets: (time, interval, probes).
+    pub keepalive: Option<(Option<Duration>, Option<Duration>, Option<u32>)>,
+}
+
+impl PoolLimits {
+    pub fn of(cp: &egret_model::snapshot::ConnectionPool) -> PoolLimits {
+        PoolLimits {
+            max_requests_per_connection: cp.max_requests_per_connection,
+            // `0s` disables the idle timeout (Istio).
+            idle_timeout: Some(cp.http_idle_timeout.to_std()).filter(|d| !d.is_zero()),
+            max_connection_duration: cp
+                .max_connection_duration
+                .map(|d| d.to_std())
+                .filter(|d| !d.is_zero()),
+            keepalive: cp.tcp_keepalive.as_ref().map(|k| {
+                (
+                    k.time.map(|t| t.to_std()),
+                    k.interval.map(|t| t.to_std()),
+                    k.probes,
+                )
+            }),
+        }
+    }
+}
+
+/// An idle pooled HTTP/1.1 connection.
+struct Idle {
+    sender: http1::SendRequest<ReqBody>,
+    /// Requests it has carried.
+    uses: u32,
+    created: std::time::Instant,
+    since: std::time::Instant,
+}
+
+impl Idle {
+    fn expired(&self, limits: &PoolLimits, now: std::time::Instant) -> bool {
+        limits
+            .idle_timeout
+            .is_some_and(|t| now.duration_since(self.since) >= t)
+            || limits
+                .max_connection_duration
+                .is_some_and(|t| now.duration_since(self.created) >= t)
+    }
+}
+
+/// The shared HTTP/2 connection of a key, with what the connection limits need.
+struct H2Conn {
+    sender: http2::SendRequest<ReqBody>,
+    /// Requests it has been handed out for.
+    uses: u32,
+    created: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl H2Conn {
+    fn usable(&self, limits: &PoolLimits, now: std::time::Instant) -> bool {
+        !self.sender.is_closed()
+            && (limits.max_requests_per_connection == 0
+                || self.uses < limits.max_requests_per_connection)
+            && limits
+                .max_connection_duration
+                .is_none_or(|t| now.duration_since(self.created) < t)
+            && limits
+                .idle_timeout
+                .is_none_or(|t| now.duration_since(self.last) < t)
+    }
+}
+
 pub struct Upstreams {
     resolver: Option<TokioResolver>,
-    idle: std::sync::Mutex<HashMap<PoolKey, Vec<http1::SendRequest<ReqBody>>>>,
+    idle: std::sync::Mutex<HashMap<PoolKey, Vec<Idle>>>,
     /// HTTP/2 connections, one per key, shared by concurrent requests (multiplexed).
-    h2: std::sync::Mutex<HashMap<PoolKey, http2::SendRequest<ReqBody>>>,
+    h2: std::sync::Mutex<HashMap<PoolKey, H2Conn>>,
     /// Idle connections kept per key.
     max_idle: usize,
     /// Ranges a gateway refuses for resolved names (besides loopback and link-local).
@@ -153,6 +232,9 @@ pub struct Picked {
     pub name: Option<String>,
     /// Counts this request as in flight on the endpoint until dropped (LEAST_REQUEST).
     pub load: Option<LoadGuard>,
+    /// The endpoint's index in the cluster (static endpoints): for outlier detection and
+    /// retries on another endpoint.
+    pub endpoint: Option<usize>,
 }
 
 /// One request in flight on an endpoint.
@@ -310,6 +392,25 @@ impl Upstreams {
         orig_dst: Option<SocketAddr>,
         authority: &str,
     ) -> Result<Picked, UpstreamError> {
+        self.pick_with(
+            cluster,
+            state,
+            orig_dst,
+            authority,
+            &crate::balancer::PickCtx::default(),
+        )
+        .await
+    }
+
+    /// [`Upstreams::pick`] with a consistent-hash key and the endpoints already tried.
+    pub async fn pick_with(
+        &self,
+        cluster: &Cluster,
+        state: Option<&ClusterRuntime>,
+        orig_dst: Option<SocketAddr>,
+        authority: &str,
+        ctx: &crate::balancer::PickCtx,
+    ) -> Result<Picked, UpstreamError> {
         // A route to a host no ServiceEntry describes has no cluster in Istio (503); it never
         // falls back to where the client was going.
         if cluster.service.is_none() {
@@ -326,6 +427,7 @@ impl Upstreams {
                         addr: dst,
                         name: None,
                         load: None,
+                        endpoint: None,
                     });
                 }
                 // Without an original destination (a gateway, the explicit proxy) the name to
@@ -346,14 +448,15 @@ impl Upstreams {
                     addr: SocketAddr::new(ips[i % ips.len()], cluster.target_port),
                     name: Some(name.to_string()),
                     load: None,
+                    endpoint: None,
                 })
             }
             Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
-                if cluster.endpoints.is_empty() {
+                // Priorities, outlier ejections, weights and the load balancer
+                // (`balancer`); nothing healthy to send to is 503 `UH`.
+                let Some(i) = crate::balancer::choose(cluster, state, ctx) else {
                     return Err(UpstreamError::NoEndpoint(cluster.name.clone()));
-                }
-                let n = cluster.endpoints.len();
-                let i = choose(cluster, state, n);
+                };
                 let ep = &cluster.endpoints[i];
                 let ips = if self.gateway {
                     self.resolve_public(&ep.address).await?
@@ -375,6 +478,7 @@ impl Upstreams {
                         .is_err()
                         .then(|| ep.address.clone()),
                     load: state.and_then(|s| LoadGuard::new(&s.active, i)),
+                    endpoint: Some(i),
                 })
             }
         }
@@ -386,12 +490,39 @@ impl Upstreams {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<TcpStream, UpstreamError> {
+        self.connect_tcp_with(addr, timeout, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::connect_tcp`] with the cluster's `tcpKeepalive`.
+    pub async fn connect_tcp_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        limits: &PoolLimits,
+    ) -> Result<TcpStream, UpstreamError> {
         let fail = |reason: String| UpstreamError::Connect { addr, reason };
         let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| fail(format!("timed out after {timeout:?}")))?
             .map_err(|e| fail(e.to_string()))?;
         let _ = s.set_nodelay(true);
+        if let Some((time, interval, probes)) = limits.keepalive {
+            // Unset parts keep the OS defaults (Istio).
+            let mut ka = socket2::TcpKeepalive::new();
+            if let Some(t) = time {
+                ka = ka.with_time(t);
+            }
+            if let Some(i) = interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(p) = probes {
+                ka = ka.with_retries(p);
+            }
+            if let Err(e) = socket2::SockRef::from(&s).set_tcp_keepalive(&ka) {
+                tracing::debug!(%addr, "cannot set TCP keep-alive: {e}");
+            }
+        }
         Ok(s)
     }
 
@@ -402,7 +533,19 @@ impl Upstreams {
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
-        let tcp = self.connect_tcp(addr, timeout).await?;
+        self.connect_with(addr, timeout, tls, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::connect`] with the cluster's connection limits (`tcpKeepalive`).
+    pub async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<Box<dyn Stream>, UpstreamError> {
+        let tcp = self.connect_tcp_with(addr, timeout, limits).await?;
         let Some((config, sni)) = tls else {
             return Ok(Box::new(tcp));
         };
@@ -430,15 +573,35 @@ impl Upstreams {
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
     ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
+        self.http1_with(addr, timeout, tls, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::http1`] under the cluster's connection limits.
+    pub async fn http1_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
         };
-        if let Some(s) = self.take_idle(&key) {
+        if let Some(idle) = self.take_idle(&key, limits) {
             bump(&self.stats.http1_reused);
-            return Ok((s, Returner { key }));
+            return Ok((
+                idle.sender,
+                Returner {
+                    key,
+                    uses: idle.uses.saturating_add(1),
+                    created: idle.created,
+                    limits: *limits,
+                },
+            ));
         }
-        let io = self.connect(addr, timeout, tls).await?;
+        let io = self.connect_with(addr, timeout, tls, limits).await?;
         bump(&self.stats.http1_new);
         let (sender, conn) =
             http1::handshake(TokioIo::new(io))
@@ -452,7 +615,15 @@ impl Upstreams {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
             }
         });
-        Ok((sender, Returner { key }))
+        Ok((
+            sender,
+            Returner {
+                key,
+                uses: 1,
+                created: std::time::Instant::now(),
+                limits: *limits,
+            },
+        ))
     }
 
     /// An HTTP/2 connection to the endpoint (prior knowledge in plaintext, ALPN h2 with TLS):
@@ -463,17 +634,34 @@ impl Upstreams {
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
     ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        self.http2_with(addr, timeout, tls, &PoolLimits::default())
+            .await
+    }
+
+    /// [`Upstreams::http2`] under the cluster's connection limits: a connection that has
+    /// carried `maxRequestsPerConnection` requests, lived `maxConnectionDuration` or been idle
+    /// `http.idleTimeout` is replaced (it closes once its streams have ended).
+    pub async fn http2_with(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
         };
-        if let Ok(map) = self.h2.lock()
-            && let Some(s) = map.get(&key).filter(|s| !s.is_closed())
+        let now = std::time::Instant::now();
+        if let Ok(mut map) = self.h2.lock()
+            && let Some(c) = map.get_mut(&key).filter(|c| c.usable(limits, now))
         {
             bump(&self.stats.http2_reused);
-            return Ok(s.clone());
+            c.uses = c.uses.saturating_add(1);
+            c.last = now;
+            return Ok(c.sender.clone());
         }
-        let io = self.connect(addr, timeout, tls).await?;
+        let io = self.connect_with(addr, timeout, tls, limits).await?;
         bump(&self.stats.http2_new);
         let (sender, conn) =
             http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
@@ -488,7 +676,16 @@ impl Upstreams {
             }
         });
         if let Ok(mut map) = self.h2.lock() {
-            map.insert(key, sender.clone());
+            let now = std::time::Instant::now();
+            map.insert(
+                key,
+                H2Conn {
+                    sender: sender.clone(),
+                    uses: 1,
+                    created: now,
+                    last: now,
+                },
+            );
         }
         Ok(sender)
     }
@@ -527,11 +724,12 @@ impl Upstreams {
             .map_err(|e| fail(format!("CONNECT {authority}: {e}")))
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<ReqBody>> {
+    fn take_idle(&self, key: &PoolKey, limits: &PoolLimits) -> Option<Idle> {
+        let now = std::time::Instant::now();
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(s) = list.pop() {
-            if !s.is_closed() && s.is_ready() {
+            if !s.sender.is_closed() && s.sender.is_ready() && !s.expired(limits, now) {
                 return Some(s);
             }
         }
@@ -539,30 +737,51 @@ impl Upstreams {
     }
 
     /// Give a connection back once its response has been read in full.
+    /// A connection that has carried `maxRequestsPerConnection` requests or lived
+    /// `maxConnectionDuration` is closed instead.
     pub fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<ReqBody>, r: Returner) {
+        let limits = r.limits;
+        if limits.max_requests_per_connection > 0 && r.uses >= limits.max_requests_per_connection {
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
+            let now = std::time::Instant::now();
+            let entry = Idle {
+                sender,
+                uses: r.uses,
+                created: r.created,
+                since: now,
+            };
+            if entry.expired(&limits, now) {
+                return;
+            }
             if let Ok(mut idle) = me.idle.lock() {
                 let list = idle.entry(r.key).or_default();
-                list.retain(|s| !s.is_closed());
+                // Drop closed connections and those idle past `idleTimeout`.
+                list.retain(|s| !s.sender.is_closed() && !s.expired(&limits, now));
                 if list.len() < me.max_idle {
-                    list.push(sender);
+                    list.push(entry);
                 }
             }
         });
     }
 
-    /// The health of one endpoint of `cluster`, as the admin's `/clusters` view reports it
-    /// (Envoy's health status names). This is the single place endpoint ejection state is
-    /// reported: outlier detection, when it ejects an endpoint, answers here (e.g.
-    /// `UNHEALTHY`); until then every endpoint the proxy can address is `HEALTHY`. Called
-    /// only from the admin endpoint, never on the request path.
-    pub fn endpoint_health(&self, cluster: &str, addr: SocketAddr) -> &'static str {
-        let _ = (cluster, addr);
-        "HEALTHY"
+    /// The health of endpoint `index` of a cluster, as the admin's `/clusters` view reports it
+    /// (Envoy's health status names): `UNHEALTHY` while outlier detection has it ejected, else
+    /// `HEALTHY`. Called only from the admin endpoint, never on the request path.
+    pub fn endpoint_health(
+        &self,
+        state: Option<&crate::config::ClusterRuntime>,
+        index: usize,
+    ) -> &'static str {
+        match state.and_then(|s| s.health.as_ref()) {
+            Some(h) if h.is_ejected(index, crate::outlier::now_ms()) => "UNHEALTHY",
+            _ => "HEALTHY",
+        }
     }
 
     /// Idle pooled connections (for tests and the admin view).
@@ -571,7 +790,7 @@ impl Upstreams {
             .lock()
             .map(|m| {
                 m.values()
-                    .map(|v| v.iter().filter(|s| !s.is_closed()).count())
+                    .map(|v| v.iter().filter(|s| !s.sender.is_closed()).count())
                     .sum()
             })
             .unwrap_or(0)
@@ -584,53 +803,12 @@ impl Default for Upstreams {
     }
 }
 
-/// Where a pooled connection goes back to.
+/// Where a pooled connection goes back to, and what it has done so far.
 pub struct Returner {
     key: PoolKey,
-}
-
-/// Pick an endpoint index by the DestinationRule's load balancer:
-/// - ROUND_ROBIN: weighted round robin;
-/// - RANDOM: weighted random;
-/// - LEAST_REQUEST (Istio's default, also UNSPECIFIED/LEAST_CONN): power of two choices —
-///   two weighted-random candidates, the one with fewer requests in flight wins (Envoy's
-///   `choice_count: 2`).
-fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let total: u64 = cluster
-        .endpoints
-        .iter()
-        .map(|e| u64::from(e.weight.max(1)))
-        .sum();
-    let weighted = |ticket: u64| {
-        let mut t = ticket % total.max(1);
-        for (i, e) in cluster.endpoints.iter().enumerate() {
-            let w = u64::from(e.weight.max(1));
-            if t < w {
-                return i;
-            }
-            t -= w;
-        }
-        0
-    };
-    match &cluster.policy.load_balancer {
-        LoadBalancer::Simple(SimpleLb::RoundRobin) => {
-            let ticket = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
-            weighted(ticket as u64)
-        }
-        LoadBalancer::Simple(SimpleLb::Random) => weighted(random()),
-        _ => {
-            let (a, b) = (weighted(random()), weighted(random()));
-            let load = |i: usize| {
-                state
-                    .and_then(|s| s.active.get(i))
-                    .map_or(0, |c| c.load(Ordering::Relaxed))
-            };
-            if load(b) < load(a) { b } else { a }
-        }
-    }
+    uses: u32,
+    created: std::time::Instant,
+    limits: PoolLimits,
 }
 
 /// A small, fast, non-cryptographic random number (xorshift per thread).
@@ -659,6 +837,10 @@ pub fn random() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn choose(c: &Cluster, s: Option<&ClusterRuntime>) -> usize {
+        crate::balancer::choose(c, s, &crate::balancer::PickCtx::default()).unwrap()
+    }
 
     fn cluster(lb: &str) -> Cluster {
         let yaml = format!(
@@ -697,6 +879,7 @@ spec:
                 .iter()
                 .map(|n| std::sync::atomic::AtomicUsize::new(*n))
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -704,7 +887,7 @@ spec:
     fn least_request_prefers_the_less_loaded_endpoint() {
         let c = cluster("LEAST_REQUEST");
         let s = state([100, 0]);
-        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s), 2) == 1).count();
+        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s)) == 1).count();
         // Two random candidates: only when both are the busy one does it win (1 in 4).
         assert!((2700..=3300).contains(&to_idle), "{to_idle}/4000");
     }
@@ -713,10 +896,10 @@ spec:
     fn random_ignores_load_and_round_robin_alternates() {
         let c = cluster("RANDOM");
         let s = state([100, 0]);
-        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s), 2) == 1).count();
+        let to_idle = (0..4000).filter(|_| choose(&c, Some(&s)) == 1).count();
         assert!((1700..=2300).contains(&to_idle), "{to_idle}/4000");
         let c = cluster("ROUND_ROBIN");
-        let picks: Vec<usize> = (0..4).map(|_| choose(&c, Some(&s), 2)).collect();
+        let picks: Vec<usize> = (0..4).map(|_| choose(&c, Some(&s))).collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
     }
 

@@ -27,6 +27,10 @@ pub struct SidecarArgs {
     /// Workload labels, `k=v,k2=v2`.
     #[arg(long, default_value = "")]
     labels: String,
+    /// This proxy's locality, `region/zone/subzone` (for `localityLbSetting`): stored as the
+    /// `istio-locality` label, as Istio reads a workload's locality.
+    #[arg(long)]
+    locality: Option<String>,
     #[arg(long)]
     mesh_config: Option<PathBuf>,
     /// Where `credentialName` credentials are read: DIR/<name>/{tls.crt,tls.key,ca.crt}.
@@ -123,6 +127,10 @@ pub struct GatewayArgs {
     /// The gateway's labels, `k=v,...`: Gateway `selector`s match them.
     #[arg(long)]
     labels: String,
+    /// This proxy's locality, `region/zone/subzone` (for `localityLbSetting`): stored as the
+    /// `istio-locality` label, as Istio reads a workload's locality.
+    #[arg(long)]
+    locality: Option<String>,
     #[arg(long)]
     mesh_config: Option<PathBuf>,
     /// Where `credentialName` credentials are read: DIR/<name>/{tls.crt,tls.key,ca.crt}.
@@ -163,13 +171,38 @@ pub struct GatewayArgs {
     policy: PolicyArgs,
 }
 
+/// Labels from `--labels`, plus `--locality` as the `istio-locality` label.
+fn with_locality(
+    labels: Result<std::collections::BTreeMap<String, String>, String>,
+    locality: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = labels.map_err(|e| format!("--labels: {e}"))?;
+    if let Some(l) = locality {
+        let parts: Vec<&str> = l.split('/').collect();
+        if parts.is_empty()
+            || parts.len() > 3
+            || parts[0].is_empty()
+            || parts.iter().any(|p| p.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "--locality {l:?}: expected region[/zone[/subzone]]"
+            ));
+        }
+        labels.insert(
+            egret_model::locality::LOCALITY_LABEL.to_string(),
+            l.to_string(),
+        );
+    }
+    Ok(labels)
+}
+
 /// `egret gateway`: the same engine in gateway role.
 pub fn gateway(a: GatewayArgs) -> ExitCode {
     let set_level = init_logging(&a.log_level, &a.log_format);
-    let labels = match egret_model::parse_labels(&a.labels) {
+    let labels = match with_locality(egret_model::parse_labels(&a.labels), a.locality.as_deref()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("egret: --labels: {e}");
+            eprintln!("egret: {e}");
             return ExitCode::from(2);
         }
     };
@@ -311,10 +344,10 @@ fn serve(
 
 pub fn sidecar(a: SidecarArgs) -> ExitCode {
     let set_level = init_logging(&a.log_level, &a.log_format);
-    let labels = match egret_model::parse_labels(&a.labels) {
+    let labels = match with_locality(egret_model::parse_labels(&a.labels), a.locality.as_deref()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("egret: --labels: {e}");
+            eprintln!("egret: {e}");
             return ExitCode::from(2);
         }
     };
@@ -470,5 +503,26 @@ pub fn iptables(a: IptablesArgs) -> ExitCode {
             eprintln!("egret iptables {}: {e}", a.action);
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn locality_flag_becomes_the_istio_locality_label() {
+        let labels =
+            with_locality(egret_model::parse_labels("app=a"), Some("us-east/zone1/sz")).unwrap();
+        assert_eq!(
+            labels.get("istio-locality").map(String::as_str),
+            Some("us-east/zone1/sz")
+        );
+        assert_eq!(labels.get("app").map(String::as_str), Some("a"));
+        assert!(with_locality(Ok(Default::default()), Some("")).is_err());
+        assert!(with_locality(Ok(Default::default()), Some("a/b/c/d")).is_err());
+        assert!(with_locality(Ok(Default::default()), Some("us east")).is_err());
+        assert!(with_locality(egret_model::parse_labels("novalue"), None).is_err());
     }
 }
