@@ -289,6 +289,10 @@ pub fn check(kind: Kind, spec: &Value) -> Vec<(String, String)> {
         if *k != kind {
             continue;
         }
+        // `defaultConfig.tracing.sampling` is read (tracing); anything else in it is not.
+        if kind == Kind::MeshConfig && *pattern == "defaultConfig" && only_sampling(spec) {
+            continue;
+        }
         let mut found = Vec::new();
         walk(spec, pattern, prefix.to_string(), &mut found);
         for path in found {
@@ -316,6 +320,20 @@ pub fn check(kind: Kind, spec: &Value) -> Vec<(String, String)> {
         out.dedup();
     }
     out
+}
+
+/// `defaultConfig: {tracing: {sampling: N}}` and nothing else.
+fn only_sampling(mesh: &Value) -> bool {
+    let Some(Value::Object(dc)) = mesh.get("defaultConfig") else {
+        return false;
+    };
+    !dc.is_empty()
+        && dc.keys().all(|k| k == "tracing")
+        && match dc.get("tracing") {
+            Some(Value::Object(t)) => t.keys().all(|k| k == "sampling"),
+            None => true,
+            _ => false,
+        }
 }
 
 fn walk(v: &Value, pattern: &str, at: String, out: &mut Vec<String>) {
