@@ -220,12 +220,15 @@ def start_nginx_proxy(procs, work, pki):
     upstream plain {{ server 127.0.0.1:{P['backend']}; keepalive 64; }}
     upstream tls {{ server 127.0.0.1:{P['backend_tls']}; keepalive 64; }}
     proxy_http_version 1.1;
+    # Both headers here, and none in the locations: nginx inherits proxy_set_header only into
+    # levels that define none, and without `Connection ""` upstream keep-alive is off.
     proxy_set_header Connection "";
+    proxy_set_header Host $host;
     proxy_buffering on;
     server {{
         listen 127.0.0.1:{P['nginx']} backlog=8192;
         listen 127.0.0.1:{P['nginx_h2']} http2 backlog=8192;
-        location / {{ proxy_pass http://plain; proxy_set_header Host $host; }}
+        location / {{ proxy_pass http://plain; }}
     }}
     server {{
         listen 127.0.0.1:{P['nginx_tls_term']} ssl backlog=8192;
@@ -234,13 +237,12 @@ def start_nginx_proxy(procs, work, pki):
         ssl_protocols TLSv1.3;
         ssl_session_cache off;
         ssl_session_tickets off;
-        location / {{ proxy_pass http://plain; proxy_set_header Host $host; }}
+        location / {{ proxy_pass http://plain; }}
     }}
     server {{
         listen 127.0.0.1:{P['nginx_tls_orig']} backlog=8192;
         location / {{
             proxy_pass https://tls;
-            proxy_set_header Host $host;
             proxy_ssl_verify on;
             proxy_ssl_trusted_certificate {pki}/ca.pem;
             proxy_ssl_server_name on;
