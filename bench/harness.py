@@ -624,7 +624,7 @@ def versions():
             if l.startswith("model name"):
                 cpu = l.split(":", 1)[1].strip()
                 break
-    rev = first(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    rev = first(["git", "-C", ROOT, "describe", "--always", "--dirty"])
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         nproc=os.cpu_count(), cpu=cpu, kernel=platform.release(),
