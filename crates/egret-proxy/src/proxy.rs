@@ -254,7 +254,11 @@ impl Proxy {
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
             let c = conn.clone();
-            async move { h::handle(p, c, req).await }
+            // Boxed: hyper keeps the service future inline in each connection's task, and this
+            // one (routing, policy, upstream, TLS) is tens of KiB — copied, so resident, for
+            // every accepted connection, idle or not. One allocation per request instead
+            // (issue 8: memory per idle keep-alive connection).
+            async move { Box::pin(h::handle(p, c, req)).await }
         });
         let io = TokioIo::new(PrefixedIo::new(prefix, stream));
         if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -577,7 +581,8 @@ impl Proxy {
         let me = self.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
-            async move { Ok::<_, Infallible>(p.explicit_request(req, peer).await) }
+            // Boxed for the same reason as in `serve_http`: a small task per idle connection.
+            async move { Ok::<_, Infallible>(Box::pin(p.explicit_request(req, peer)).await) }
         });
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), svc)

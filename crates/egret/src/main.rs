@@ -11,6 +11,7 @@ mod ca;
 mod output;
 mod proxy_config;
 mod run;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the whole egress path on this machine, without root: a mesh CA, an egress
+    /// gateway, a sidecar (explicit proxy) and a local stand-in for an external HTTPS API;
+    /// prints the commands to try. Ctrl-C stops everything.
+    Up(up::UpArgs),
     /// Check Istio / ASM YAML: print diagnostics as `file:line: severity: Kind ns/name: field:
     /// message`. Exit 0 when clean, 1 on errors, 2 when input cannot be read.
     Validate {
@@ -85,6 +90,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => up::run(args),
         Command::Sidecar(args) => run::sidecar(args),
         Command::Gateway(args) => run::gateway(args),
         Command::Iptables(args) => run::iptables(args),
