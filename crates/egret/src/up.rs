@@ -342,8 +342,10 @@ Try:
   curl -sS -i -x {proxy} http://unknown.example.test/
   # metrics (Prometheus text) of the gateway; the sidecar's are on port {admin}
   curl -sS http://127.0.0.1:{gwadmin}/stats/prometheus
-  # access logs: one line per request, with the caller's SPIFFE identity at the gateway
-  grep -h ' access: ' {dir}/gateway.log {dir}/sidecar.log
+  # access logs (Istio's format, meshConfig.accessLogFile: /dev/stdout): one line per request on each proxy
+  grep -h '^[[]' {dir}/gateway.log {dir}/sidecar.log
+  # caller identities: the gateway's own log names the SPIFFE id behind every request
+  grep -h ' access: ' {dir}/gateway.log
 ",
         ns = a.namespace,
         sa = a.service_account,

@@ -127,17 +127,26 @@ fn egret_up_serves_the_printed_commands_and_stops_on_ctrl_c() -> Result<()> {
             && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
     });
     ensure!(counted, "no request counter ≥ 1 in the metrics:\n{out}");
-    // The access log: today's per-request line (target `access`), with the caller's identity
-    // at the gateway. Written after the response, so poll.
+    // The Istio access log (accessLogFile: /dev/stdout, in each proxy's log file): one line per
+    // request on each proxy. Written after the response, so poll.
     let access = find("access logs")?.to_string();
     let logs = wait_until("the access log lines", Duration::from_secs(10), || {
         let out = sh(&access)?;
-        let ok = out.contains("\"GET / HTTP/1.1\" 200")
-            && out.contains("\"POST / HTTP/1.1\" 403")
-            && out.contains("peer=spiffe://cluster.local/ns/default/sa/sleep");
+        // The sidecar's lines (HTTP/1.1 from curl) and the gateway's (HTTP/2: the mesh tunnel).
+        let ok = out.contains("\"GET / HTTP/1.1\" 200 - via_upstream")
+            && out.contains("\"GET / HTTP/2\" 200 - via_upstream")
+            && out.contains("\"POST / HTTP/2\" 403 - rbac_access_denied")
+            && out.contains("\"GET / HTTP/1.1\" 502 NR registry_only");
         Ok(ok.then_some(out))
     })?;
     ensure!(logs.contains("unknown.example.test"), "{logs}");
+    ensure!(logs.contains("outbound|443||api.example.test"), "{logs}");
+    // The caller's identity, in the gateway's own log.
+    let callers = sh(find("caller identities")?)?;
+    ensure!(
+        callers.contains("peer=spiffe://cluster.local/ns/default/sa/sleep"),
+        "{callers}"
+    );
 
     // Ctrl-C: everything stops, cleanly.
     up.signal(nix::sys::signal::Signal::SIGINT)?;

@@ -449,17 +449,27 @@ pub struct AccessLogSink {
 impl AccessLogSink {
     /// Open (append) `path` and start its writer thread.
     pub fn open(path: &str) -> Result<Arc<AccessLogSink>, String> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("access log {path}: {e}"))?;
+        // `/dev/stdout` and `/dev/stderr` are written through the process's own descriptors:
+        // opening the path again would make a second file description whose offset the
+        // process log (on the same file when both are redirected to one) does not share, and
+        // each would overwrite the other's lines.
+        let out: Box<dyn std::io::Write + Send> = match path {
+            "/dev/stdout" => Box::new(std::io::stdout()),
+            "/dev/stderr" => Box::new(std::io::stderr()),
+            _ => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("access log {path}: {e}"))?,
+            ),
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE_LINES);
         let written = Arc::new(AtomicU64::new(0));
         let w = written.clone();
         std::thread::Builder::new()
             .name("egret-access-log".into())
-            .spawn(move || writer(file, rx, w))
+            .spawn(move || writer(out, rx, w))
             .map_err(|e| format!("access log writer: {e}"))?;
         Ok(Arc::new(AccessLogSink {
             path: path.to_string(),
@@ -484,7 +494,7 @@ impl AccessLogSink {
     }
 }
 
-fn writer(file: std::fs::File, rx: Receiver<String>, written: Arc<AtomicU64>) {
+fn writer(file: Box<dyn std::io::Write + Send>, rx: Receiver<String>, written: Arc<AtomicU64>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     while let Ok(line) = rx.recv() {
         let mut n = 1;
