@@ -116,22 +116,22 @@ fn request() -> Request<()> {
         .unwrap()
 }
 
-fn outcome() -> HttpOutcome<'static> {
+fn outcome() -> HttpOutcome {
     HttpOutcome {
         status: 200,
         flags: "-",
         details: "-",
-        cluster: CLUSTER,
+        cluster: CLUSTER.to_string(),
         upstream: Some(SocketAddr::from(([127, 0, 0, 1], 18580))),
-        route: ROUTE,
+        route: ROUTE.to_string(),
     }
 }
 
 /// One request's telemetry from start to finish, as `http.rs` drives it.
-fn one_request(tel: &Arc<Telemetry>, rt: &TelemetryRuntime, conn: &Arc<ConnInfo>) {
+fn one_request(tel: &Arc<Telemetry>, rt: &Arc<TelemetryRuntime>, conn: &Arc<ConnInfo>) {
     let mut req = request();
     let mut rec = HttpRecord::start(tel, rt, conn, &mut req);
-    rec.responded(outcome(), HOST, Some((HOST, Some(SERVICE))));
+    rec.responded(outcome(), HOST.to_string(), Some((HOST, Some(SERVICE))));
     let body = http_body_util::Full::new(Bytes::from_static(b"ok\n"))
         .map_err(|never| match never {})
         .boxed();
@@ -157,8 +157,8 @@ fn main() {
     let proxy = ProxyIdentity::gateway("istio-system", &[("istio", "egressgateway")]);
     let (snap, diags) = egret_model::compile(&set, &proxy);
     assert!(!diags.has_errors(), "{diags:?}");
-    let rt_on = TelemetryRuntime::for_snapshot(&snap).unwrap();
-    let rt_off = TelemetryRuntime::default();
+    let rt_on = Arc::new(TelemetryRuntime::for_snapshot(&snap).unwrap());
+    let rt_off = Arc::new(TelemetryRuntime::default());
     let access_log = rt_on.access_log.clone().expect("access log configured");
     let tracer = rt_on.tracer.clone().expect("tracer configured");
 
@@ -183,7 +183,7 @@ fn main() {
     // A finished record to render (the TEXT and JSON default formats read the same headers).
     let mut req = request();
     let mut rec = HttpRecord::start(&tel, &rt_on, &conn, &mut req);
-    rec.responded(outcome(), HOST, Some((HOST, Some(SERVICE))));
+    rec.responded(outcome(), HOST.to_string(), Some((HOST, Some(SERVICE))));
     let text = access_log.format.clone();
     let json = LogFormat::new(true, None).unwrap();
     assert_eq!(text.headers, json.headers);
