@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mesh;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
