@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::config::Runtime;
 use crate::detect::{self, Detected};
 use crate::http::{self as h, RespBody};
 use crate::io::PrefixedIo;
@@ -34,6 +35,23 @@ use crate::mesh::MESH_ALPN;
 use crate::proxy::{ConnInfo, Mode, Proxy};
 
 impl Proxy {
+    /// No Gateway server or route for the connection (`NR`): refused, counted, logged.
+    fn no_route(&self, rt: &Runtime, conn: &ConnInfo, sni: Option<&str>, protocol: &'static str) {
+        self.refused(
+            rt,
+            conn,
+            sni,
+            protocol,
+            "no_route",
+            "filter_chain_not_found",
+        );
+    }
+
+    /// Not what the port expects (HTTP on a TLS port, TLS without SNI, …): refused.
+    fn malformed(&self, rt: &Runtime, conn: &ConnInfo, sni: Option<&str>, protocol: &'static str) {
+        self.refused(rt, conn, sni, protocol, "bad_request", "malformed_stream");
+    }
+
     /// A connection accepted on the Gateway server port `port`.
     pub async fn serve_gateway(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, port: u16) {
         let rt = self.state.load_full();
@@ -220,14 +238,7 @@ impl Proxy {
         let peer = conn.peer;
         let rt = self.state.load_full();
         let Some(listener) = rt.snapshot.listener(port) else {
-            self.refused(
-                &rt,
-                &conn,
-                None,
-                "tcp",
-                "no_route",
-                "filter_chain_not_found",
-            );
+            self.no_route(&rt, &conn, None, "tcp");
             return;
         };
         let tunnelled = conn.tunnel_host.is_some();
@@ -239,7 +250,7 @@ impl Proxy {
                 return self.serve_http(stream, prefix, conn).await;
             }
             (ListenerProtocol::Http, _) => {
-                self.refused(&rt, &conn, None, "tcp", "bad_request", "malformed_stream");
+                self.malformed(&rt, &conn, None, "tcp");
                 tracing::warn!(target: "policy", %peer, port, "expected HTTP on an HTTP gateway port: closed");
                 return;
             }
@@ -250,14 +261,7 @@ impl Proxy {
                         self.forward_l4(&rt, &chain, stream, prefix, conn, None, "tcp")
                             .await
                     }
-                    None => self.refused(
-                        &rt,
-                        &conn,
-                        None,
-                        "tcp",
-                        "no_route",
-                        "filter_chain_not_found",
-                    ),
+                    None => self.no_route(&rt, &conn, None, "tcp"),
                 }
                 return;
             }
@@ -270,20 +274,13 @@ impl Proxy {
                 // for the CONNECT's host.
                 let host = conn.tunnel_host.clone().unwrap_or_default();
                 let Some((_, server)) = pick_server(&listener.servers, &host) else {
-                    self.refused(
-                        &rt,
-                        &conn,
-                        None,
-                        "tcp",
-                        "no_route",
-                        "filter_chain_not_found",
-                    );
+                    self.no_route(&rt, &conn, None, "tcp");
                     tracing::warn!(target: "policy", %peer, port, host, principal = conn.principal(), "no Gateway server for this host: closed");
                     return;
                 };
                 let mode = server.tls.as_ref().map(|t| t.mode);
                 if mode == Some(ServerTlsMode::Passthrough) {
-                    self.refused(&rt, &conn, None, "tcp", "bad_request", "malformed_stream");
+                    self.malformed(&rt, &conn, None, "tcp");
                     tracing::warn!(target: "policy", %peer, port, host, "PASSTHROUGH server expects TLS from the application: closed");
                     return;
                 }
@@ -294,14 +291,7 @@ impl Proxy {
                             self.forward_l4(&rt, &chain, stream, prefix, conn, Some(host), "tcp")
                                 .await
                         }
-                        None => self.refused(
-                            &rt,
-                            &conn,
-                            None,
-                            "tcp",
-                            "no_route",
-                            "filter_chain_not_found",
-                        ),
+                        None => self.no_route(&rt, &conn, None, "tcp"),
                     }
                 } else {
                     self.serve_http(stream, prefix, conn).await
@@ -309,27 +299,20 @@ impl Proxy {
                 return;
             }
             _ => {
-                self.refused(&rt, &conn, None, "tcp", "bad_request", "malformed_stream");
+                self.malformed(&rt, &conn, None, "tcp");
                 tracing::warn!(target: "policy", %peer, port, "expected TLS on a TLS gateway port: closed");
                 return;
             }
         };
         let Some(sni) = hello.sni.clone() else {
             // Egress hygiene: a gateway routes TLS by name; without SNI there is no name.
-            self.refused(&rt, &conn, None, "tls", "bad_request", "malformed_stream");
+            self.malformed(&rt, &conn, None, "tls");
             tracing::warn!(target: "policy", %peer, port, reason = "no_sni", "TLS without SNI refused");
             return;
         };
         if sni.parse::<IpAddr>().is_ok() {
             // Egress hygiene: an IP address is not a name the gateway can check or resolve.
-            self.refused(
-                &rt,
-                &conn,
-                Some(&sni),
-                "tls",
-                "bad_request",
-                "malformed_stream",
-            );
+            self.malformed(&rt, &conn, Some(&sni), "tls");
             tracing::warn!(target: "policy", %peer, port, %sni, reason = "ip_sni", "IP literal as SNI refused");
             return;
         }
@@ -337,26 +320,12 @@ impl Proxy {
             && !host.eq_ignore_ascii_case(&sni)
         {
             // Egress hygiene: the stream was announced for one host and names another inside.
-            self.refused(
-                &rt,
-                &conn,
-                Some(&sni),
-                "tls",
-                "bad_request",
-                "malformed_stream",
-            );
+            self.malformed(&rt, &conn, Some(&sni), "tls");
             tracing::warn!(target: "policy", %peer, port, %sni, connect = %host, reason = "connect_sni_mismatch", principal = conn.principal(), "CONNECT authority differs from the inner SNI: refused");
             return;
         }
         let Some((idx, server)) = pick_server(&listener.servers, &sni) else {
-            self.refused(
-                &rt,
-                &conn,
-                Some(&sni),
-                "tls",
-                "no_route",
-                "filter_chain_not_found",
-            );
+            self.no_route(&rt, &conn, Some(&sni), "tls");
             tracing::warn!(target: "policy", %peer, port, %sni, "no Gateway server for this SNI: closed");
             return;
         };
@@ -374,14 +343,7 @@ impl Proxy {
                             .await
                     }
                     None => {
-                        self.refused(
-                            &rt,
-                            &conn,
-                            Some(&sni),
-                            "tls",
-                            "no_route",
-                            "filter_chain_not_found",
-                        );
+                        self.no_route(&rt, &conn, Some(&sni), "tls");
                         tracing::warn!(target: "policy", %peer, port, %sni, "no TLS route for this SNI: closed");
                     }
                 }
@@ -396,14 +358,7 @@ impl Proxy {
                         self.forward_l4(&rt, &chain, stream, prefix, conn, Some(sni), "tls")
                             .await
                     }
-                    None => self.refused(
-                        &rt,
-                        &conn,
-                        Some(&sni),
-                        "tls",
-                        "no_route",
-                        "filter_chain_not_found",
-                    ),
+                    None => self.no_route(&rt, &conn, Some(&sni), "tls"),
                 }
                 return;
             }
@@ -411,14 +366,7 @@ impl Proxy {
         }
         let Some(config) = rt.servers.get(&(port, idx)).cloned() else {
             // ISTIO_MUTUAL servers are served through the mesh tunnel only.
-            self.refused(
-                &rt,
-                &conn,
-                Some(&sni),
-                "tls",
-                "bad_request",
-                "malformed_stream",
-            );
+            self.malformed(&rt, &conn, Some(&sni), "tls");
             tracing::warn!(target: "policy", %peer, port, %sni, ?mode, "this server is reachable only through the mesh tunnel: closed");
             return;
         };
@@ -430,14 +378,7 @@ impl Proxy {
         {
             Ok(t) => t,
             Err(e) => {
-                self.refused(
-                    &rt,
-                    &conn,
-                    Some(&sni),
-                    "tls",
-                    "bad_request",
-                    "malformed_stream",
-                );
+                self.malformed(&rt, &conn, Some(&sni), "tls");
                 tracing::warn!(target: "policy", %peer, port, %sni, "TLS handshake failed: {e}");
                 return;
             }
@@ -450,14 +391,7 @@ impl Proxy {
                     self.forward_l4(&rt, &chain, tls, Bytes::new(), conn, Some(sni), "tcp")
                         .await
                 }
-                None => self.refused(
-                    &rt,
-                    &conn,
-                    None,
-                    "tcp",
-                    "no_route",
-                    "filter_chain_not_found",
-                ),
+                None => self.no_route(&rt, &conn, None, "tcp"),
             }
         } else {
             self.serve_http(tls, Bytes::new(), conn).await
