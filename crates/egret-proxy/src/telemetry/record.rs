@@ -337,7 +337,13 @@ impl hyper::body::Body for Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
-        let complete = hyper::body::Body::is_end_stream(&self.inner);
+        // A response that has no body on the wire (HEAD, 204, 304) is complete even though
+        // the server never polled its body.
+        let bodiless = self
+            .rec
+            .as_ref()
+            .is_some_and(|r| r.method == http::Method::HEAD || r.status == 204 || r.status == 304);
+        let complete = bodiless || hyper::body::Body::is_end_stream(&self.inner);
         self.done(false, complete);
     }
 }
