@@ -642,7 +642,14 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--no-render", action="store_true")
     ap.add_argument("--out")
+    ap.add_argument("--only", help="comma-separated scenarios to run (h1, latency, tls_origination, "
+                    "http2, tls_handshakes, tls_passthrough, connect, memory); implies --no-render "
+                    "and writes to a temporary file unless --out is given (for profiling work)")
     a = ap.parse_args()
+    only = set(a.only.split(",")) if a.only else None
+
+    def want(name):
+        return only is None or name in only
     quick = a.quick
     rounds = a.rounds or (1 if quick else 3)
     D = 1 if quick else 5          # seconds per measurement
@@ -695,7 +702,7 @@ def main():
                         for k, v in out[s.name][-1].items() if k in ("rps", "p50_us", "p99_us", "cpu_s_per_10k", "achieved_rps")))
 
         # S1 + S3: H1 keep-alive max throughput, CPU per request at saturation.
-        for body in ("small", "1k"):
+        for body in ("small", "1k") if want("h1") else ():
             def s1(s, body=body):
                 wrk(work, s, "/" + body, 64, WARM)
                 b0 = cpu_seconds(backend_pids())
@@ -705,7 +712,7 @@ def main():
             interleaved(f"h1_throughput_{body}", subjects, s1)
 
         # S2 + S3: fixed-rate latency (open loop, coordinated omission corrected), CPU at 1k rps.
-        for rate, conns in RATES:
+        for rate, conns in RATES if want("latency") else ():
             def s2(s, rate=rate, conns=conns):
                 return measured(s, lambda: loadgen_rate(s, "/small", rate, conns, D))
             interleaved(f"latency_{rate}", subjects, s2)
@@ -722,7 +729,8 @@ def main():
         def s6(s):
             wrk(work, s, "/small", 64, WARM)
             return measured(s, lambda: wrk(work, s, "/small", 64, D))
-        interleaved("tls_origination", tls_subjects, s6)
+        if want("tls_origination"):
+            interleaved("tls_origination", tls_subjects, s6)
 
         # S7: HTTP/2 (h2c in; the proxies speak HTTP/1.1 keep-alive to the backend, except
         # direct). egret: the one-hop gateway taking clients directly.
@@ -741,7 +749,8 @@ def main():
             if out["failed"] > out["requests"] // 100:
                 raise Fail(f"h2 {s.name}: {out}")
             return out
-        interleaved("http2", h2_subjects, s7)
+        if want("http2"):
+            interleaved("http2", h2_subjects, s7)
 
         # S5: full TLS 1.3 handshakes (ECDSA P-256), one request per connection, per core-second
         # of the proxy (TLS termination; no session resumption).
@@ -761,7 +770,8 @@ def main():
                 raise Fail(f"TLS termination {s.name}: {out}")
             out["handshakes_per_core_s"] = out["succeeded"] / out["cpu_s"] if out["cpu_s"] else None
             return out
-        interleaved("tls_handshakes", hs_subjects, s5)
+        if want("tls_handshakes"):
+            interleaved("tls_handshakes", hs_subjects, s5)
 
         # S8: TLS passthrough by SNI: new connections per second (full handshake with the
         # backend through the proxy; one request each).
@@ -780,7 +790,8 @@ def main():
                 raise Fail(f"TLS passthrough {s.name}: {out}")
             out["conns_per_core_s"] = out["succeeded"] / out["cpu_s"] if out["cpu_s"] else None
             return out
-        interleaved("tls_passthrough", sni_subjects, s8)
+        if want("tls_passthrough"):
+            interleaved("tls_passthrough", sni_subjects, s8)
 
         # S9: CONNECT egress (an app's HTTPS_PROXY): CONNECT, TLS with the origin through the
         # tunnel, one request, close; squid is the classic forward proxy.
@@ -804,12 +815,13 @@ def main():
             out = measured(s, go)
             out["tunnels_per_core_s"] = out["ok"] / out["cpu_s"] if out["cpu_s"] else None
             return out
-        interleaved("connect", connect_subjects, s9)
+        if want("connect"):
+            interleaved("connect", connect_subjects, s9)
 
         # S4: memory, idle and per 1,000 idle keep-alive connections (once: deterministic
         # enough, and slow).
         mem = res.setdefault("memory", {})
-        for s in subjects[1:]:
+        for s in subjects[1:] if want("memory") else ():
             mem[s.name] = idle_memory(s, IDLE_N)
             log(f"memory {s.name}: {mem[s.name]}")
 
@@ -826,14 +838,14 @@ def main():
 
     date = results["machine"]["date"][:10]
     # A smoke run's numbers mean nothing: they stay out of the repository.
-    default = (os.path.join(tempfile.gettempdir(), "egret-bench-quick.json") if quick
+    default = (os.path.join(tempfile.gettempdir(), "egret-bench-quick.json") if quick or only
                else os.path.join(ROOT, "bench/results", f"{date}.json"))
     out = a.out or default
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     log(f"wrote {out}")
-    if not quick and not a.no_render:
+    if not quick and not only and not a.no_render:
         import render
         render.render(results, os.path.relpath(out, ROOT))
         log("wrote BENCHMARKS.md and bench/charts/")

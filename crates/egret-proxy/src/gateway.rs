@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::body::InBody;
 use crate::config::Runtime;
 use crate::detect::{self, Detected};
 use crate::http::{self as h, RespBody};
@@ -154,7 +155,8 @@ impl Proxy {
             let principal = principal.clone();
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    p.tunnel_request(req, peer, port, principal).await,
+                    p.tunnel_request(req.map(InBody::from), peer, port, principal)
+                        .await,
                 )
             }
         });
@@ -170,7 +172,7 @@ impl Proxy {
     /// connection on `port`; any other method is an HTTP request for the port's routes.
     async fn tunnel_request(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<InBody>,
         peer: SocketAddr,
         port: u16,
         principal: Arc<str>,

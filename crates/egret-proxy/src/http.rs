@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::InBody as Incoming;
 use bytes::Bytes;
 use egret_model::snapshot::{
     BLACKHOLE_CLUSTER, Cluster, HeaderOps, HttpMatch, HttpRoute, OutboundMode, PASSTHROUGH_CLUSTER,
@@ -18,14 +19,13 @@ use egret_model::snapshot::{
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 use crate::proxy::{ConnInfo, Mode, Proxy};
 use crate::telemetry::record::HttpOutcome;
 use crate::telemetry::{HttpRecord, Recorded};
 use crate::upstream::{ReqBody, UpstreamError};
 
-pub type RespBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type RespBody = crate::body::BoxBody;
 
 /// A response egret makes itself.
 pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
@@ -1047,7 +1047,7 @@ async fn forward(
                         let refused = e.to_string().to_ascii_lowercase().contains("refused");
                         Err(SendError::Reset(format!("{}: {e}", picked.addr), refused))
                     }
-                    Ok(Ok(resp)) => Ok(resp.map(|b| b.boxed())),
+                    Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
                 }
             }
         };
@@ -1238,7 +1238,7 @@ async fn exchange(
             }
         });
     }
-    let mut resp = resp.map(|b| b.boxed());
+    let mut resp = resp.map(|b| b.map_err(Into::into).boxed());
     for name in HOP_BY_HOP
         .iter()
         .filter(|n| **n != "upgrade" && **n != "connection")
@@ -1269,12 +1269,12 @@ struct Guarded {
 
 impl hyper::body::Body for Guarded {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
 

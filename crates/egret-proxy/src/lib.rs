@@ -9,11 +9,13 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod body;
 pub mod capture;
 pub mod circuit;
 pub mod config;
 pub mod detect;
 pub mod gateway;
+pub mod h1;
 pub mod http;
 pub mod idle;
 pub mod inspect;

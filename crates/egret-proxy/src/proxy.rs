@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::body::InBody;
 use crate::config::Runtime;
 use crate::detect::{self, Detected};
 use crate::http::{self as h, RespBody};
@@ -258,7 +259,7 @@ impl Proxy {
             // one (routing, policy, upstream, TLS) is tens of KiB — copied, so resident, for
             // every accepted connection, idle or not. One allocation per request instead
             // (issue 8: memory per idle keep-alive connection).
-            async move { Box::pin(h::handle(p, c, req)).await }
+            async move { Box::pin(h::handle(p, c, req.map(InBody::from))).await }
         });
         let io = TokioIo::new(PrefixedIo::new(prefix, stream));
         if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -582,7 +583,9 @@ impl Proxy {
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
             // Boxed for the same reason as in `serve_http`: a small task per idle connection.
-            async move { Ok::<_, Infallible>(Box::pin(p.explicit_request(req, peer)).await) }
+            async move {
+                Ok::<_, Infallible>(Box::pin(p.explicit_request(req.map(InBody::from), peer)).await)
+            }
         });
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), svc)
@@ -595,7 +598,7 @@ impl Proxy {
 
     async fn explicit_request(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<InBody>,
         peer: SocketAddr,
     ) -> Response<RespBody> {
         if h::is_connect(&req) {

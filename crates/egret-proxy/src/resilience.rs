@@ -16,11 +16,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::body::InBody as Incoming;
 use bytes::Bytes;
 use egret_model::snapshot::{Cluster, HashKey, LoadBalancer};
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::balancer::hash_bytes;

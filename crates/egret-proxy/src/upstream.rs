@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use egret_config::types::Resolution;
 use egret_model::snapshot::Cluster;
 use hickory_resolver::TokioResolver;
-use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -26,7 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::ClusterRuntime;
 
-pub type ReqBody = BoxBody<Bytes, hyper::Error>;
+pub type ReqBody = crate::body::BoxBody;
 
 /// Why an upstream could not be reached, mapped to Envoy's response flags in logs.
 #[derive(Debug, thiserror::Error)]

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::body::InBody as Incoming;
 use egret_model::Snapshot;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 
 use super::attrs::{Attrs, Protocol, principal_of};
 use super::audit::{AuditLog, Record};

@@ -1,0 +1,1 @@
+//! The upstream half: see `h1/mod.rs`.

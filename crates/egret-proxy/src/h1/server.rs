@@ -1,0 +1,1 @@
+//! The downstream half: see `h1/mod.rs`.
