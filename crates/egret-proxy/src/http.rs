@@ -62,11 +62,13 @@ pub async fn handle(
     let mut rec = HttpRecord::start(&proxy.telemetry, &rt.telemetry, &conn, &mut req);
     let method = req.method().clone();
     // Credential-looking query values never reach a log line (see `telemetry::accesslog`).
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| crate::telemetry::accesslog::redact_query(p.as_str()).into_owned())
-        .unwrap_or_else(|| "/".into());
+    // Only built when the process log's `access` lines are on (not at the default level).
+    let path = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
+        req.uri()
+            .path_and_query()
+            .map(|p| crate::telemetry::accesslog::redact_query(p.as_str()).into_owned())
+            .unwrap_or_else(|| "/".into())
+    });
     let version = req.version();
     let (resp, out, authority) = route_and_forward(&proxy, &conn, req).await;
     proxy.metrics.request(match (out.flags, out.details) {
@@ -92,7 +94,8 @@ pub async fn handle(
     });
     tracing::info!(
         target: "access",
-        "\"{method} {path} {version:?}\" {} {} {} \"{authority}\" \"{}\" {} {} {}ms {} peer={}",
+        "\"{method} {} {version:?}\" {} {} {} \"{authority}\" \"{}\" {} {} {}ms {} peer={}",
+        path.as_deref().unwrap_or("/"),
         out.status,
         out.flags,
         out.details,
@@ -657,16 +660,24 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Incoming> {
     let upgrade = is_upgrade(&req);
     let upgrade_value = req.headers().get(header::UPGRADE).cloned();
-    let listed: Vec<String> = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
     let h = req.headers_mut();
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
-        h.remove(name.as_str());
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1). Most
+    // requests have no `Connection` header: nothing is allocated for them.
+    if h.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            h.remove(name);
+        }
+    }
+    // Pre-parsed names: a removal is one hash lookup, no name parsing per request.
+    for name in &HOP_BY_HOP_NAMES {
+        h.remove(name);
     }
     if upgrade && let Some(u) = upgrade_value {
         h.insert(header::UPGRADE, u);
@@ -677,32 +688,47 @@ fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Inco
     {
         h.insert(header::HOST, v);
     }
-    if !h.contains_key("x-request-id") {
+    if !h.contains_key(X_REQUEST_ID) {
         let id = format!(
             "{:016x}{:016x}",
             crate::upstream::random(),
             crate::upstream::random()
         );
         if let Ok(v) = HeaderValue::from_str(&id) {
-            h.insert(HeaderName::from_static("x-request-id"), v);
+            h.insert(X_REQUEST_ID, v);
         }
     }
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    // Origin-form towards the upstream.
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    if let Ok(u) = pq.parse() {
-        *req.uri_mut() = u;
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // Origin-form towards the upstream: the path and query are shared, not re-parsed.
+    if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
     }
     *req.version_mut() = http::Version::HTTP_11;
     req
 }
+
+/// [`HOP_BY_HOP`] as header names, parsed at compile time.
+const HOP_BY_HOP_NAMES: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe the mesh (identities, internal routing) never leave it: the gateway
 /// removes them before a request goes to an external service.
