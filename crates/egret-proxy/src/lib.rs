@@ -27,6 +27,7 @@ pub mod outlier;
 pub mod policy;
 pub mod proxy;
 pub mod resilience;
+pub mod shard;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
 use crate::admin::{Admin, SetLogLevel};
@@ -94,15 +95,30 @@ fn track(active: &Arc<Active>, metrics: &Arc<Metrics>) -> ActiveGuard {
     ActiveGuard(active.clone(), metrics.clone())
 }
 
-fn bind_v6_only(port: u16) -> std::io::Result<TcpListener> {
+fn bind_v6_only(port: u16, reuse_port: bool) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        reuse_port,
+    )?)
+}
+
+/// A listening socket; with `reuse_port` (`SO_REUSEPORT`), one of several on the same address,
+/// among which the kernel spreads new connections — one per data-plane thread, as Envoy's
+/// listeners do by default on Linux (`enable_reuse_port`).
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    s.set_only_v6(true)?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     s.set_reuse_address(true)?;
-    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())?;
     s.listen(1024)?;
     s.set_nonblocking(true)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
 /// What a listener's connections are.
@@ -188,6 +204,47 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// A data-plane listener: shared by every data-plane thread (`SO_REUSEPORT` when there are
+/// worker runtimes besides the current one).
+fn bind_data(addr: SocketAddr, workers: &[Handle]) -> Result<TcpListener, StartError> {
+    bind_std(addr, !workers.is_empty())
+        .and_then(TcpListener::from_std)
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Serve a data-plane listener: its accept loop on this runtime, and on each worker runtime an
+/// accept loop of its own on another `SO_REUSEPORT` socket of the same address. A connection
+/// then lives on the thread that accepted it, with everything it does (thread per core, as
+/// Envoy's workers and pingora's: no work stealing, no cross-thread wake-ups per request).
+fn spawn_accepts<F, Fut>(
+    l: TcpListener,
+    kind: Accepted,
+    accept: &F,
+    workers: &[Handle],
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), StartError>
+where
+    F: Fn(TcpListener, Accepted) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let addr = l.local_addr().map_err(|source| StartError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    tasks.push(tokio::spawn(accept(l, kind)));
+    for h in workers {
+        let std_l = bind_std(addr, true).map_err(|source| StartError::Bind { addr, source })?;
+        let accept = accept.clone();
+        tasks.push(h.spawn(async move {
+            match TcpListener::from_std(std_l) {
+                Ok(l) => accept(l, kind).await,
+                Err(e) => tracing::error!(%addr, "worker cannot listen: {e}"),
+            }
+        }));
+    }
+    Ok(())
+}
+
 /// The original destination of a redirected connection (`SO_ORIGINAL_DST`, IPv4 or IPv6).
 pub fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(s);
@@ -203,6 +260,16 @@ pub fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
 pub async fn start(
     opts: SidecarOptions,
     set_log_level: Option<SetLogLevel>,
+) -> Result<Running, StartError> {
+    start_on(opts, set_log_level, &[]).await
+}
+
+/// [`start`], serving the data-plane listeners also on `workers`: runtimes of other threads
+/// (`egret sidecar --concurrency`). Control work stays off all of them (see below).
+pub async fn start_on(
+    opts: SidecarOptions,
+    set_log_level: Option<SetLogLevel>,
+    workers: &[Handle],
 ) -> Result<Running, StartError> {
     let mut metrics = Metrics::new();
     opts.source.policy.register(&mut metrics.registry);
@@ -246,23 +313,25 @@ pub async fn start(
     }
 
     let outbound = match opts.outbound {
-        Some(a) => Some(bind(a).await?),
+        Some(a) => Some(bind_data(a, workers)?),
         None => None,
     };
     // IPv6 capture: a v6-only socket on the same port beside 0.0.0.0 (REDIRECT of IPv6
     // traffic lands on [::1]:port). Best effort: hosts without IPv6 just skip it.
     let outbound_v6 = match opts.outbound {
-        Some(a) if a.ip().is_unspecified() && a.is_ipv4() => match bind_v6_only(a.port()) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!("no IPv6 capture listener on [::]:{}: {e}", a.port());
-                None
+        Some(a) if a.ip().is_unspecified() && a.is_ipv4() => {
+            match bind_v6_only(a.port(), !workers.is_empty()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!("no IPv6 capture listener on [::]:{}: {e}", a.port());
+                    None
+                }
             }
-        },
+        }
         _ => None,
     };
     let explicit = match opts.explicit {
-        Some(a) => Some(bind(a).await?),
+        Some(a) => Some(bind_data(a, workers)?),
         None => None,
     };
     let mut gateway_ls = Vec::new();
@@ -280,7 +349,7 @@ pub async fn start(
                 .get(&port)
                 .copied()
                 .unwrap_or(SocketAddr::new(g.bind, port));
-            gateway_ls.push((port, bind(addr).await?));
+            gateway_ls.push((port, bind_data(addr, workers)?));
         }
     }
     let admin_l = bind(opts.admin).await?;
@@ -325,10 +394,10 @@ pub async fn start(
         }
     };
     for l in outbound.into_iter().chain(outbound_v6) {
-        tasks.push(tokio::spawn(accept(l, Accepted::Captured)));
+        spawn_accepts(l, Accepted::Captured, &accept, workers, &mut tasks)?;
     }
     if let Some(l) = explicit {
-        tasks.push(tokio::spawn(accept(l, Accepted::Explicit)));
+        spawn_accepts(l, Accepted::Explicit, &accept, workers, &mut tasks)?;
     }
     let gateway_bound = Arc::new(std::sync::Mutex::new(
         gateway_addrs
@@ -339,10 +408,11 @@ pub async fn start(
     if let Some(g) = opts.gateway.clone() {
         let mut handles = std::collections::BTreeMap::new();
         for ((port, l), (_, addr)) in gateway_ls.into_iter().zip(&gateway_addrs) {
-            handles.insert(
-                port,
-                (*addr, tokio::spawn(accept(l, Accepted::Gateway(port)))),
-            );
+            // The ports of the first snapshot are served on every data-plane thread; a port
+            // added by a reload is served on this runtime.
+            let mut loops = Vec::new();
+            spawn_accepts(l, Accepted::Gateway(port), &accept, workers, &mut loops)?;
+            handles.insert(port, (*addr, loops));
         }
         // Hot reload of Gateway servers: a snapshot that adds a server port gets a listener,
         // one that removes a port stops accepting there (its open connections finish).
@@ -362,10 +432,10 @@ pub async fn start(
                 }
                 let want: std::collections::BTreeSet<u16> =
                     state.load().snapshot.listeners.iter().map(|l| l.port).collect();
-                handles.retain(|port, (addr, h)| {
+                handles.retain(|port, (addr, loops)| {
                     let keep = want.contains(port);
                     if !keep {
-                        h.abort();
+                        loops.iter().for_each(|h| h.abort());
                         tracing::info!(target: "config", port, %addr, "Gateway server port removed: listener closed");
                     }
                     keep
@@ -383,7 +453,7 @@ pub async fn start(
                         Ok(l) => {
                             let local = l.local_addr().unwrap_or(addr);
                             tracing::info!(target: "config", port, addr = %local, "Gateway server port added: listening");
-                            handles.insert(port, (local, tokio::spawn(accept(l, Accepted::Gateway(port)))));
+                            handles.insert(port, (local, vec![tokio::spawn(accept(l, Accepted::Gateway(port)))]));
                         }
                         // Retried on the next poll; the rest of the snapshot is served.
                         Err(e) => tracing::warn!(target: "config", port, %addr, "cannot listen for the Gateway server port: {e}"),

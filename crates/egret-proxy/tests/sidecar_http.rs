@@ -505,3 +505,77 @@ async fn connect_authority_must_match_the_inner_sni() {
         1
     );
 }
+
+/// A data-plane thread: a single-threaded runtime on its own thread, shard `i` (as
+/// `egret sidecar --concurrency` starts them). Dropping the sender stops it.
+fn worker_thread(i: u16) -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+    let (htx, hrx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        egret_proxy::shard::set(i);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        htx.send(rt.handle().clone()).unwrap();
+        rt.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    (hrx.recv().unwrap(), stop)
+}
+
+/// Thread per core: every data-plane thread accepts on its own `SO_REUSEPORT` socket of the
+/// listener and serves the connections it accepted itself.
+#[tokio::test]
+async fn every_data_plane_thread_accepts_and_serves_its_own_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = server("a");
+    let yaml = format!("{REGISTRY_ONLY}{}", se("api", "api.example.test", &a));
+    let (worker, _stop) = worker_thread(1);
+    let sc = Sidecar::start_workers(&yaml, &[], None, std::slice::from_ref(&worker)).await;
+    let here = tokio::runtime::Handle::current();
+    let (here0, worker0) = (
+        here.metrics().num_alive_tasks(),
+        worker.metrics().num_alive_tasks(),
+    );
+    // 32 keep-alive connections, one request each, all held open: the kernel spreads them over
+    // the two sockets (all on one of them: probability 2^-31).
+    let mut conns = Vec::new();
+    for _ in 0..32 {
+        let mut c = tokio::net::TcpStream::connect(sc.explicit()).await.unwrap();
+        c.write_all(b"GET http://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("hello from a\n") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        conns.push(c);
+    }
+    // Each runtime holds a task per connection it serves.
+    let (here1, worker1) = (
+        here.metrics().num_alive_tasks(),
+        worker.metrics().num_alive_tasks(),
+    );
+    assert!(
+        here1 > here0 && worker1 > worker0,
+        "connections on this runtime: {} -> {here1}, on the worker: {} -> {worker1}",
+        here0,
+        worker0
+    );
+    assert!(here1 - here0 + worker1 - worker0 >= 32);
+    drop(conns);
+}

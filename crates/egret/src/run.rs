@@ -57,6 +57,10 @@ pub struct SidecarArgs {
     /// After SIGTERM, how long in-flight connections may take to finish.
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Data-plane threads (Istio's `ProxyConfig.concurrency`); 0 = one per CPU core. Each
+    /// thread accepts on its own `SO_REUSEPORT` socket and serves its connections start to end.
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
     /// How long to wait for a client's first bytes before treating a connection as TCP.
     #[arg(long, default_value_t = 500)]
     detect_timeout_ms: u64,
@@ -161,6 +165,10 @@ pub struct GatewayArgs {
     admin_bind: std::net::IpAddr,
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Data-plane threads (Istio's `ProxyConfig.concurrency`); 0 = one per CPU core. Each
+    /// thread accepts on its own `SO_REUSEPORT` socket and serves its connections start to end.
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
     #[arg(long, default_value_t = 1000)]
     config_poll_ms: u64,
     #[arg(long, default_value = "info")]
@@ -275,7 +283,7 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
             allow_direct: a.allow_direct,
         }),
     };
-    serve(opts, set_level, "egret gateway ready")
+    serve(opts, set_level, a.concurrency, "egret gateway ready")
 }
 
 fn init_logging(level: &str, format: &str) -> egret_proxy::admin::SetLogLevel {
@@ -298,13 +306,57 @@ fn init_logging(level: &str, format: &str) -> egret_proxy::admin::SetLogLevel {
     })
 }
 
+/// A data-plane thread's single-threaded runtime; it runs until `stop` fires (or is dropped).
+fn worker(i: usize) -> Result<(tokio::runtime::Handle, Worker), String> {
+    let (htx, hrx) = std::sync::mpsc::sync_channel(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let join = std::thread::Builder::new()
+        .name(format!("egret-worker-{i}"))
+        .spawn(move || {
+            egret_proxy::shard::set(u16::try_from(i).unwrap_or(u16::MAX));
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = htx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                }
+                Err(e) => {
+                    let _ = htx.send(Err(e.to_string()));
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let handle = hrx.recv().map_err(|e| e.to_string())??;
+    Ok((handle, Worker { stop, join }))
+}
+
+struct Worker {
+    stop: tokio::sync::oneshot::Sender<()>,
+    join: std::thread::JoinHandle<()>,
+}
+
 /// Run a proxy until SIGTERM, then drain.
+///
+/// Thread per core: `concurrency` single-threaded runtimes (this thread's and N-1 workers),
+/// each accepting on its own `SO_REUSEPORT` socket, so a request is read, routed, forwarded
+/// and answered on one thread with no work-stealing scheduler between its halves (Envoy's
+/// worker model; ztunnel and pingora do the same). Control work (configuration, admin) has a
+/// thread of its own (`sidecar::start_on`).
 fn serve(
     opts: SidecarOptions,
     set_level: egret_proxy::admin::SetLogLevel,
+    concurrency: usize,
     ready_msg: &'static str,
 ) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let threads = match concurrency {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -314,8 +366,22 @@ fn serve(
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async move {
-        let running = match sidecar::start(opts, Some(set_level)).await {
+    let mut workers = Vec::new();
+    let mut handles = Vec::new();
+    for i in 1..threads {
+        match worker(i) {
+            Ok((h, w)) => {
+                handles.push(h);
+                workers.push(w);
+            }
+            Err(e) => {
+                eprintln!("egret: cannot start data-plane thread {i}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let code = rt.block_on(async move {
+        let running = match sidecar::start_on(opts, Some(set_level), &handles).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");
@@ -339,7 +405,13 @@ fn serve(
             );
         }
         ExitCode::SUCCESS
-    })
+    });
+    // The workers' runtimes end with what is left on them (the drain is over).
+    for w in workers {
+        let _ = w.stop.send(());
+        let _ = w.join.join();
+    }
+    code
 }
 
 pub fn sidecar(a: SidecarArgs) -> ExitCode {
@@ -387,7 +459,7 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         detect_timeout: Duration::from_millis(a.detect_timeout_ms),
         gateway: None,
     };
-    serve(opts, set_level, "egret sidecar ready")
+    serve(opts, set_level, a.concurrency, "egret sidecar ready")
 }
 
 /// Load `--identity-dir`. A proxy whose certificate names another workload than

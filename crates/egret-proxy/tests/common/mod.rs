@@ -60,6 +60,17 @@ impl Sidecar {
         labels: &[(&str, &str)],
         identity: Option<&std::path::Path>,
     ) -> Sidecar {
+        Self::start_workers(yaml, labels, identity, &[]).await
+    }
+
+    /// A sidecar whose listeners are also served on `workers` (other threads' runtimes), as
+    /// `egret sidecar --concurrency` runs.
+    pub async fn start_workers(
+        yaml: &str,
+        labels: &[(&str, &str)],
+        identity: Option<&std::path::Path>,
+        workers: &[tokio::runtime::Handle],
+    ) -> Sidecar {
         let dir = temp_dir("sidecar");
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -90,7 +101,9 @@ impl Sidecar {
             detect_timeout: Duration::from_millis(200),
             gateway: None,
         };
-        let running = sidecar::start(opts, None).await.expect("sidecar starts");
+        let running = sidecar::start_on(opts, None, workers)
+            .await
+            .expect("sidecar starts");
         Sidecar {
             running,
             dir: DirGuard(dir),
