@@ -356,10 +356,32 @@ pub fn server_config(
         builder.with_no_client_auth()
     };
     let mut config = builder.with_single_cert(chain, pkey)?;
+    resumption_by_stateless_ticket(&mut config)?;
     config.alpn_protocols = if alpn_h2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(Some(Arc::new(config)))
+}
+
+/// Session resumption for a Gateway server's TLS termination: one stateless TLS 1.3 ticket per
+/// full handshake, sealed with a process-local key that rotates every 6 hours (rustls'
+/// [`rustls::crypto::aws_lc_rs::Ticketer`]), and no server-side session cache.
+///
+/// Why: Envoy (Istio's gateway) resumes by default with stateless tickets
+/// (`DownstreamTlsContext.disable_stateless_session_resumption: false`, keys generated per
+/// process), and Istio's `ServerTLSSettings` has no field to change that, so egret keeps
+/// resumption on. rustls' default instead sends two tickets that are keys into a 256-entry
+/// in-memory cache behind a mutex: every full handshake paid two ticket records and two cache
+/// inserts, and past ~128 new clients a second the entries were evicted before anyone came
+/// back, so resumption mostly failed anyway (issue 8, bench/NOTES.md "TLS handshakes at the
+/// gateway"). A stateless ticket costs one seal and one record, works for any number of
+/// clients, and a client that resumes gets a fresh ticket each time (so one is enough for the
+/// usual reconnect pattern; TLS 1.3 tickets are single-use, RFC 8446 §8.1).
+fn resumption_by_stateless_ticket(config: &mut rustls::ServerConfig) -> Result<(), TlsError> {
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 1;
+    Ok(())
 }

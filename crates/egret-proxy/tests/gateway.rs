@@ -217,7 +217,44 @@ spec:
     // The external server saw a request over its TLS listener, from the gateway.
     assert!(body.contains("GET /headers"), "{body}");
     assert!(cnn.requests() >= 1);
+    // Session resumption (Envoy's default stateless tickets): the first connection is a full
+    // handshake and leaves the client a ticket; the next one resumes with it.
+    let client = ca.rustls_client_config().unwrap();
+    let (kind, reply) = get_over_tls(&client, port, "cnn.test").await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let (kind, reply) = get_over_tls(&client, port, "cnn.test").await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One `GET /` with `Connection: close` over TLS to `127.0.0.1:port` with SNI `host`: the kind
+/// of handshake and the whole reply (reading to the end also takes in the session ticket).
+async fn get_over_tls(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+    host: &str,
+) -> (rustls::HandshakeKind, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    // A server that closes without close_notify ends the read with an error after the reply.
+    let _ = tls.read_to_end(&mut reply).await;
+    (kind, String::from_utf8_lossy(&reply).into_owned())
 }
 
 #[tokio::test]
