@@ -422,16 +422,31 @@ async fn outbound_policy(
     let mut req = strip_hop_by_hop(req, &authority);
     let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let req = req.map(|b| b.boxed());
-    let (sender, returner) = match proxy
-        .upstreams
-        .http1(addr, Duration::from_secs(10), None)
-        .await
-    {
+    let limits = crate::upstream::PoolLimits::default();
+    let connect_timeout = Duration::from_secs(10);
+    let up = match downstream_upgrade {
+        Some(_) => proxy
+            .upstreams
+            .http1_upgrade(addr, connect_timeout, None, &limits)
+            .await
+            .map(Up::H1Upgrade),
+        None => proxy
+            .upstreams
+            .h1_conn(addr, connect_timeout, None, &limits)
+            .await
+            .map(Up::H1),
+    };
+    let up = match up {
         Ok(c) => c,
         Err(e) => return upstream_failed(e, out, authority),
     };
     out.upstream = Some(addr);
-    match exchange(proxy, addr, sender, returner, req, downstream_upgrade, None).await {
+    let sent = match up {
+        Up::H1(c) => exchange(addr, c, req, None).await,
+        Up::H1Upgrade(s) => exchange_upgrade(addr, s, req, downstream_upgrade, None).await,
+        Up::H2(_) => Err(SendError::Reset(format!("{addr}: not HTTP/1"), false)),
+    };
+    match sent {
         Ok(r) => {
             out.status = r.status().as_u16();
             (r, out, authority)
@@ -988,12 +1003,19 @@ async fn forward(
                 .http2_with(picked.addr, connect_timeout, tls_pair, &pool_limits)
                 .await
                 .map(Up::H2)
+        } else if upgrade {
+            // Upgrades (WebSocket) stay with hyper, on a connection of their own.
+            proxy
+                .upstreams
+                .http1_upgrade(picked.addr, connect_timeout, tls_pair, &pool_limits)
+                .await
+                .map(Up::H1Upgrade)
         } else {
             proxy
                 .upstreams
-                .http1_with(picked.addr, connect_timeout, tls_pair, &pool_limits)
+                .h1_conn(picked.addr, connect_timeout, tls_pair, &pool_limits)
                 .await
-                .map(|(s, r)| Up::H1(s, r))
+                .map(Up::H1)
         };
         let upstream = match upstream {
             Ok(u) => u,
@@ -1046,17 +1068,10 @@ async fn forward(
             (None, None) => (None, false),
         };
         let res = match upstream {
-            Up::H1(sender, returner) => {
-                exchange(
-                    proxy,
-                    picked.addr,
-                    sender,
-                    returner,
-                    up_req,
-                    downstream_upgrade.take(),
-                    timeout,
-                )
-                .await
+            Up::H1(c) => exchange(picked.addr, c, up_req, timeout).await,
+            Up::H1Upgrade(sender) => {
+                let down = downstream_upgrade.take();
+                exchange_upgrade(picked.addr, sender, up_req, down, timeout).await
             }
             Up::H2(mut sender) => {
                 let up_req = to_h2(up_req, tls.is_some(), &authority);
@@ -1174,11 +1189,14 @@ async fn forward(
 }
 
 /// An upstream connection for one attempt.
+// `H1` is the common case: boxing it would cost an allocation per request to shrink a value
+// that lives on the stack for one attempt.
+#[allow(clippy::large_enum_variant)]
 enum Up {
-    H1(
-        hyper::client::conn::http1::SendRequest<ReqBody>,
-        crate::upstream::Returner,
-    ),
+    /// egret's own HTTP/1.1 client (`h1/client.rs`): the hot path.
+    H1(crate::h1::client::Conn),
+    /// hyper's, on a connection of its own, for a request that asks to switch protocols.
+    H1Upgrade(hyper::client::conn::http1::SendRequest<ReqBody>),
     H2(hyper::client::conn::http2::SendRequest<ReqBody>),
 }
 
@@ -1226,38 +1244,52 @@ impl From<UpstreamError> for SendError {
     }
 }
 
-/// Send over an HTTP/1.1 connection (pooled or new) and give it back when the response has
-/// been read; relay an upgrade (WebSocket) when the upstream switches protocols. `timeout`
-/// runs until the response headers arrive.
+/// Send over an HTTP/1.1 connection (pooled or new) with egret's own client; the connection
+/// goes back to the pool when the response body has been read. `timeout` runs until the
+/// response head arrives. Whatever fails before then is an upstream reset (Envoy's `UC`).
 async fn exchange(
-    proxy: &Arc<Proxy>,
+    addr: SocketAddr,
+    conn: crate::h1::client::Conn,
+    req: Request<ReqBody>,
+    timeout: Option<Duration>,
+) -> Result<Response<RespBody>, SendError> {
+    let send = conn.send(req);
+    let resp = match timeout {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| SendError::Timeout)?,
+        None => send.await,
+    }
+    .map_err(|e| SendError::Reset(format!("{addr}: {e}"), false))?;
+    let mut resp = resp.map(|b| b.boxed());
+    strip_response_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Send a request that asks to switch protocols over a new hyper connection and relay the
+/// upgrade (WebSocket) when the upstream switches. `timeout` runs until the response headers
+/// arrive.
+async fn exchange_upgrade(
     addr: SocketAddr,
     mut sender: hyper::client::conn::http1::SendRequest<ReqBody>,
-    returner: crate::upstream::Returner,
     req: Request<ReqBody>,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     timeout: Option<Duration>,
 ) -> Result<Response<RespBody>, SendError> {
-    let send = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| SendError::Reset(format!("{addr}: {e}"), false))?;
-        proxy.upstreams.give_back(sender, returner);
-        Ok::<_, SendError>(resp)
-    };
+    let send = sender.send_request(req);
     let mut resp = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
-            .map_err(|_| SendError::Timeout)??,
-        None => send.await?,
-    };
+            .map_err(|_| SendError::Timeout)?,
+        None => send.await,
+    }
+    .map_err(|e| SendError::Reset(format!("{addr}: {e}"), false))?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(down) = downstream_upgrade
+        && let Some(downstream_upgrade) = downstream_upgrade
     {
         let up = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            if let (Ok(d), Ok(u)) = tokio::join!(down, up) {
+            if let (Ok(d), Ok(u)) = tokio::join!(downstream_upgrade, up) {
                 let mut d = hyper_util::rt::TokioIo::new(d);
                 let mut u = hyper_util::rt::TokioIo::new(u);
                 let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
@@ -1265,13 +1297,19 @@ async fn exchange(
         });
     }
     let mut resp = resp.map(|b| b.map_err(Into::into).boxed());
+    strip_response_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Hop-by-hop headers do not travel on; `upgrade` and `connection` do (an upgrade's answer
+/// needs them, and the downstream side acts on `connection: close`).
+fn strip_response_hop_by_hop(h: &mut http::HeaderMap) {
     for name in HOP_BY_HOP
         .iter()
         .filter(|n| **n != "upgrade" && **n != "connection")
     {
-        resp.headers_mut().remove(*name);
+        h.remove(*name);
     }
-    Ok(resp)
 }
 
 /// Requests that are not proxyable at all.

@@ -290,14 +290,16 @@ pub fn mirror(
                     let _ = r.into_body().collect().await;
                 }
             } else {
-                let Ok((mut s, _)) = proxy
+                let limits = crate::upstream::PoolLimits::of(&c.policy.connection_pool);
+                let Ok(conn) = proxy
                     .upstreams
-                    .http1(p.addr, timeout, tls.map(|t| (t, sni.as_str())))
+                    .h1_conn(p.addr, timeout, tls.map(|t| (t, sni.as_str())), &limits)
                     .await
                 else {
                     return;
                 };
-                if let Ok(r) = s.send_request(up).await {
+                // Read to its end, the answer puts the connection back into the pool.
+                if let Ok(r) = conn.send(up).await {
                     let _ = r.into_body().collect().await;
                 }
             }

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::ClusterRuntime;
+use crate::h1::client::{Conn as H1Conn, Pool as H1Pool};
 
 pub type ReqBody = crate::body::BoxBody;
 
@@ -75,11 +76,16 @@ impl UpstreamError {
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
+/// A [`Stream`] that is also `Sync` (TCP and rustls streams are): a response body that owns
+/// its connection (`h1/client.rs`) must be, to travel as a [`crate::body::BoxBody`].
+pub trait SyncStream: Stream + Sync {}
+impl<T: Stream + Sync> SyncStream for T {}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PoolKey {
-    addr: SocketAddr,
+pub(crate) struct PoolKey {
+    pub(crate) addr: SocketAddr,
     /// (SNI, identity of the rustls configuration) when TLS is originated.
-    tls: Option<(String, usize)>,
+    pub(crate) tls: Option<(String, usize)>,
 }
 
 /// The shared pieces: resolver and connection pool. One per proxy, shared by all requests.
@@ -119,26 +125,6 @@ impl PoolLimits {
     }
 }
 
-/// An idle pooled HTTP/1.1 connection.
-struct Idle {
-    sender: http1::SendRequest<ReqBody>,
-    /// Requests it has carried.
-    uses: u32,
-    created: std::time::Instant,
-    since: std::time::Instant,
-}
-
-impl Idle {
-    fn expired(&self, limits: &PoolLimits, now: std::time::Instant) -> bool {
-        limits
-            .idle_timeout
-            .is_some_and(|t| now.duration_since(self.since) >= t)
-            || limits
-                .max_connection_duration
-                .is_some_and(|t| now.duration_since(self.created) >= t)
-    }
-}
-
 /// The shared HTTP/2 connection of a key, with what the connection limits need.
 struct H2Conn {
     sender: http2::SendRequest<ReqBody>,
@@ -164,11 +150,10 @@ impl H2Conn {
 
 pub struct Upstreams {
     resolver: Option<TokioResolver>,
-    idle: std::sync::Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// Idle HTTP/1.1 connections (egret's own client, `h1/client.rs`).
+    h1: Arc<H1Pool>,
     /// HTTP/2 connections, one per key, shared by concurrent requests (multiplexed).
     h2: std::sync::Mutex<HashMap<PoolKey, H2Conn>>,
-    /// Idle connections kept per key.
-    max_idle: usize,
     /// Ranges a gateway refuses for resolved names (besides loopback and link-local).
     pub forbidden: Vec<ipnet::IpNet>,
     /// Gateway role: names are resolved with [`Upstreams::resolve_public`].
@@ -276,9 +261,9 @@ impl Upstreams {
         };
         Upstreams {
             resolver,
-            idle: std::sync::Mutex::new(HashMap::new()),
+            // 64 idle connections kept per key.
+            h1: Arc::new(H1Pool::new(64)),
             h2: std::sync::Mutex::new(HashMap::new()),
-            max_idle: 64,
             forbidden: Vec::new(),
             gateway: false,
             stats: UpstreamStats::default(),
@@ -543,6 +528,18 @@ impl Upstreams {
         tls: Option<(&Arc<ClientConfig>, &str)>,
         limits: &PoolLimits,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
+        let s: Box<dyn Stream> = self.connect_sync(addr, timeout, tls, limits).await?;
+        Ok(s)
+    }
+
+    /// [`Upstreams::connect_with`], keeping that the stream is `Sync`.
+    async fn connect_sync(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<Box<dyn SyncStream>, UpstreamError> {
         let tcp = self.connect_tcp_with(addr, timeout, limits).await?;
         let Some((config, sni)) = tls else {
             return Ok(Box::new(tcp));
@@ -564,41 +561,38 @@ impl Upstreams {
         Ok(Box::new(s))
     }
 
-    /// An HTTP/1.1 connection to the endpoint: an idle pooled one when possible.
-    pub async fn http1(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-        tls: Option<(&Arc<ClientConfig>, &str)>,
-    ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
-        self.http1_with(addr, timeout, tls, &PoolLimits::default())
-            .await
-    }
-
-    /// [`Upstreams::http1`] under the cluster's connection limits.
-    pub async fn http1_with(
+    /// An HTTP/1.1 connection to the endpoint for egret's own client: an idle pooled one
+    /// when one is still open, else a new one. It returns to the pool by itself when its
+    /// response body has been read (see `h1/client.rs`).
+    pub async fn h1_conn(
         &self,
         addr: SocketAddr,
         timeout: Duration,
         tls: Option<(&Arc<ClientConfig>, &str)>,
         limits: &PoolLimits,
-    ) -> Result<(http1::SendRequest<ReqBody>, Returner), UpstreamError> {
+    ) -> Result<H1Conn, UpstreamError> {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
         };
-        if let Some(idle) = self.take_idle(&key, limits) {
+        if let Some(c) = self.h1.take(&key, limits) {
             bump(&self.stats.http1_reused);
-            return Ok((
-                idle.sender,
-                Returner {
-                    key,
-                    uses: idle.uses.saturating_add(1),
-                    created: idle.created,
-                    limits: *limits,
-                },
-            ));
+            return Ok(c.checked_out(self.h1.clone(), *limits));
         }
+        let io = self.connect_sync(addr, timeout, tls, limits).await?;
+        bump(&self.stats.http1_new);
+        Ok(H1Conn::new(io, key, self.h1.clone(), *limits))
+    }
+
+    /// A new HTTP/1.1 connection driven by hyper, for a request that may switch protocols
+    /// (WebSocket): the upgraded connection belongs to the relay, so it is never pooled.
+    pub async fn http1_upgrade(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&Arc<ClientConfig>, &str)>,
+        limits: &PoolLimits,
+    ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
         let io = self.connect_with(addr, timeout, tls, limits).await?;
         bump(&self.stats.http1_new);
         let (sender, conn) =
@@ -613,15 +607,7 @@ impl Upstreams {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
             }
         });
-        Ok((
-            sender,
-            Returner {
-                key,
-                uses: 1,
-                created: std::time::Instant::now(),
-                limits: *limits,
-            },
-        ))
+        Ok(sender)
     }
 
     /// An HTTP/2 connection to the endpoint (prior knowledge in plaintext, ALPN h2 with TLS):
@@ -722,52 +708,6 @@ impl Upstreams {
             .map_err(|e| fail(format!("CONNECT {authority}: {e}")))
     }
 
-    fn take_idle(&self, key: &PoolKey, limits: &PoolLimits) -> Option<Idle> {
-        let now = std::time::Instant::now();
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(key)?;
-        while let Some(s) = list.pop() {
-            if !s.sender.is_closed() && s.sender.is_ready() && !s.expired(limits, now) {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    /// Give a connection back once its response has been read in full.
-    /// A connection that has carried `maxRequestsPerConnection` requests or lived
-    /// `maxConnectionDuration` is closed instead.
-    pub fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<ReqBody>, r: Returner) {
-        let limits = r.limits;
-        if limits.max_requests_per_connection > 0 && r.uses >= limits.max_requests_per_connection {
-            return;
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let now = std::time::Instant::now();
-            let entry = Idle {
-                sender,
-                uses: r.uses,
-                created: r.created,
-                since: now,
-            };
-            if entry.expired(&limits, now) {
-                return;
-            }
-            if let Ok(mut idle) = me.idle.lock() {
-                let list = idle.entry(r.key).or_default();
-                // Drop closed connections and those idle past `idleTimeout`.
-                list.retain(|s| !s.sender.is_closed() && !s.expired(&limits, now));
-                if list.len() < me.max_idle {
-                    list.push(entry);
-                }
-            }
-        });
-    }
-
     /// The health of endpoint `index` of a cluster, as the admin's `/clusters` view reports it
     /// (Envoy's health status names): `UNHEALTHY` while outlier detection has it ejected, else
     /// `HEALTHY`. Called only from the admin endpoint, never on the request path.
@@ -784,14 +724,7 @@ impl Upstreams {
 
     /// Idle pooled connections (for tests and the admin view).
     pub fn idle_connections(&self) -> usize {
-        self.idle
-            .lock()
-            .map(|m| {
-                m.values()
-                    .map(|v| v.iter().filter(|s| !s.sender.is_closed()).count())
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.h1.idle_count()
     }
 }
 
@@ -799,14 +732,6 @@ impl Default for Upstreams {
     fn default() -> Self {
         Upstreams::new()
     }
-}
-
-/// Where a pooled connection goes back to, and what it has done so far.
-pub struct Returner {
-    key: PoolKey,
-    uses: u32,
-    created: std::time::Instant,
-    limits: PoolLimits,
 }
 
 /// A small, fast, non-cryptographic random number (xorshift per thread).

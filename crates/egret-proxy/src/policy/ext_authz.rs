@@ -205,11 +205,14 @@ impl HttpAuthorizer {
                 h.append(name.clone(), value.clone());
             }
         }
-        let (mut sender, returner) = upstreams
-            .http1(addr, self.timeout, None)
+        // egret's own HTTP/1.1 client: the connection returns to the pool once the answer's
+        // body has been read below.
+        let limits = crate::upstream::PoolLimits::default();
+        let conn = upstreams
+            .h1_conn(addr, self.timeout, None, &limits)
             .await
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = conn.send(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_BODY)
@@ -217,7 +220,6 @@ impl HttpAuthorizer {
             .await
             .map_err(|e| format!("response body: {e}"))?
             .to_bytes();
-        upstreams.give_back(sender, returner);
         if status.is_success() {
             let upstream_headers = parts
                 .headers
