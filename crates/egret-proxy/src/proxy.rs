@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use crate::body::InBody;
 use crate::config::Runtime;
 use crate::detect::{self, Detected};
+use crate::h1::server::Served;
 use crate::http::{self as h, RespBody};
 use crate::io::PrefixedIo;
 use crate::metrics::Metrics;
@@ -251,6 +252,32 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let conn = Arc::new(conn);
+        // egret's own HTTP/1.1 server first (issue 8: one task per connection, no buffer
+        // while idle); anything else — HTTP/2 (h2c), upgrades, streamed uploads, malformed
+        // heads — goes to hyper with the bytes read so far, as before.
+        let (me, c) = (self.clone(), conn.clone());
+        let served = crate::h1::server::serve(stream, prefix, move |req| {
+            let (p, c) = (me.clone(), c.clone());
+            Box::pin(async move {
+                match h::handle(p, c, req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            })
+        })
+        .await;
+        let Served::HandOff { read, io } = served else {
+            return;
+        };
+        // Boxed: hyper's connection state would otherwise be part of every connection's task.
+        Box::pin(self.serve_http_hyper(io, read, conn)).await
+    }
+
+    /// hyper's automatic HTTP/1 + HTTP/2 server, from the first byte not consumed yet.
+    async fn serve_http_hyper<S>(self: Arc<Self>, stream: S, prefix: Bytes, conn: Arc<ConnInfo>)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let me = self.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
@@ -579,6 +606,24 @@ impl Proxy {
 
     /// Explicit proxy connection: absolute-form HTTP requests and `CONNECT host:port`.
     pub async fn serve_explicit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        // egret's own HTTP/1.1 server first (see `serve_http`); CONNECT and everything else
+        // unusual goes to hyper's HTTP/1 server with upgrades, as before.
+        let me = self.clone();
+        let served = crate::h1::server::serve(stream, Bytes::new(), move |req| {
+            Box::pin(me.clone().explicit_request(req, peer))
+        })
+        .await;
+        let Served::HandOff { read, io } = served else {
+            return;
+        };
+        Box::pin(self.serve_explicit_hyper(PrefixedIo::new(read, io), peer)).await
+    }
+
+    async fn serve_explicit_hyper(
+        self: Arc<Self>,
+        stream: PrefixedIo<TcpStream>,
+        peer: SocketAddr,
+    ) {
         let me = self.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
