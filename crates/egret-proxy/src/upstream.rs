@@ -86,6 +86,8 @@ pub(crate) struct PoolKey {
     pub(crate) addr: SocketAddr,
     /// (SNI, identity of the rustls configuration) when TLS is originated.
     pub(crate) tls: Option<(String, usize)>,
+    /// The data-plane thread (`shard.rs`): each reuses only connections it opened itself.
+    pub(crate) shard: u16,
 }
 
 /// The shared pieces: resolver and connection pool. One per proxy, shared by all requests.
@@ -261,8 +263,10 @@ impl Upstreams {
         };
         Upstreams {
             resolver,
-            // 64 idle connections kept per key.
-            h1: Arc::new(H1Pool::new(64)),
+            // Up to 256 idle connections kept per key (and data-plane thread): a burst of new
+            // clients (a gateway terminating TLS for hundreds of connections at once) would
+            // otherwise close and reopen upstream connections between its requests.
+            h1: Arc::new(H1Pool::new(256)),
             h2: std::sync::Mutex::new(HashMap::new()),
             forbidden: Vec::new(),
             gateway: false,
@@ -574,6 +578,7 @@ impl Upstreams {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
+            shard: crate::shard::current(),
         };
         if let Some(c) = self.h1.take(&key, limits) {
             bump(&self.stats.http1_reused);
@@ -635,6 +640,7 @@ impl Upstreams {
         let key = PoolKey {
             addr,
             tls: tls.map(|(c, sni)| (sni.to_string(), Arc::as_ptr(c) as *const () as usize)),
+            shard: crate::shard::current(),
         };
         let now = std::time::Instant::now();
         if let Ok(mut map) = self.h2.lock()

@@ -526,7 +526,7 @@ fn worker_thread(i: u16) -> (tokio::runtime::Handle, tokio::sync::oneshot::Sende
 }
 
 /// Thread per core: every data-plane thread accepts on its own `SO_REUSEPORT` socket of the
-/// listener and serves the connections it accepted itself.
+/// listener, serves the connections it accepted itself and reuses its own upstream connections.
 #[tokio::test]
 async fn every_data_plane_thread_accepts_and_serves_its_own_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -577,5 +577,8 @@ async fn every_data_plane_thread_accepts_and_serves_its_own_connections() {
         worker0
     );
     assert!(here1 - here0 + worker1 - worker0 >= 32);
+    // Each thread pools its own upstream connections (`shard.rs`): the requests, one after
+    // another, took exactly one upstream connection per thread.
+    assert_eq!(a.connections(), 2, "upstream connections");
     drop(conns);
 }

@@ -1012,6 +1012,7 @@ mod tests {
             PoolKey {
                 addr: self.addr,
                 tls: None,
+                shard: 0,
             }
         }
 
