@@ -169,9 +169,13 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     if buf.starts_with(PREFACE) {
         return Parsed::HandOff;
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Request::new(&mut headers);
-    let head_len = match r.parse(buf) {
+    // Uninitialised header slots and plain offsets: nothing per request is zeroed or dropped
+    // beyond the headers that are there (a 64-slot array of names cost a memset and a drop
+    // loop per request).
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut []);
+    let head_len = match r.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
         // Too long, too many headers, or malformed: hyper answers (400, 431) or serves it.
@@ -187,44 +191,45 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let base = buf.as_ptr() as usize;
     let mut keep_alive = true;
     let mut body_len: Option<usize> = None;
-    // (value start, value end) of each header in the head, to slice the frozen head below.
-    let mut spans = [(0u16, 0u16); MAX_HEADERS];
-    let mut names: [Option<HeaderName>; MAX_HEADERS] = [const { None }; MAX_HEADERS];
+    // (name start, name end, value start, value end) of each header in the head, to slice the
+    // frozen head below; both ends are inside the head, at most MAX_HEAD (16 KiB) long.
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     for (i, h) in r.headers.iter().enumerate() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+        let name = h.name.as_bytes();
+        // Upgrades (WebSocket), `100-continue` and streamed uploads are hyper's.
+        if name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+        {
             return Parsed::HandOff;
-        };
-        match name {
-            // Upgrades (WebSocket), `100-continue` and streamed uploads are hyper's.
-            header::UPGRADE | header::EXPECT | header::TRANSFER_ENCODING => {
-                return Parsed::HandOff;
-            }
-            header::CONNECTION => {
-                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Parsed::HandOff;
-                    }
-                    // RFC 9112 §9.6: the last response on this connection.
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    }
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::HandOff;
+                }
+                // RFC 9112 §9.6: the last response on this connection.
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
                 }
             }
-            header::CONTENT_LENGTH => {
-                // More than one (even equal ones), or not a plain decimal: hyper decides
-                // (RFC 9112 §6.3: 400 for an invalid length).
-                let len = match (body_len, content_length(h.value)) {
-                    (None, Some(n)) if n <= MAX_BODY => n,
-                    _ => return Parsed::HandOff,
-                };
-                body_len = Some(len);
-            }
-            _ => {}
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // More than one (even equal ones), or not a plain decimal: hyper decides
+            // (RFC 9112 §6.3: 400 for an invalid length).
+            let len = match (body_len, content_length(h.value)) {
+                (None, Some(n)) if n <= MAX_BODY => n,
+                _ => return Parsed::HandOff,
+            };
+            body_len = Some(len);
         }
-        let start = h.value.as_ptr() as usize - base;
-        // Both ends are inside the head, which is at most MAX_HEAD (16 KiB) long.
-        spans[i] = (start as u16, (start + h.value.len()) as u16);
-        names[i] = Some(name);
+        let ns = h.name.as_ptr() as usize - base;
+        let vs = h.value.as_ptr() as usize - base;
+        spans[i] = (
+            ns as u16,
+            (ns + name.len()) as u16,
+            vs as u16,
+            (vs + h.value.len()) as u16,
+        );
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::HandOff;
@@ -245,9 +250,13 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::HandOff;
     };
     let mut map = HeaderMap::with_capacity(count);
-    for (name, (start, end)) in names.iter_mut().zip(spans).take(count) {
-        let Some(name) = name.take() else { continue };
-        let value = head.slice(usize::from(start)..usize::from(end));
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        // httparse admits only non-empty tokens as names, all of which are valid header names
+        // here (the head is far below HeaderName's 64 KiB limit): this never skips one.
+        let Ok(name) = HeaderName::from_bytes(&head[usize::from(ns)..usize::from(ne)]) else {
+            continue;
+        };
+        let value = head.slice(usize::from(vs)..usize::from(ve));
         // httparse admitted only bytes a header value may hold, so this does not fail; if it
         // did, the header would be dropped rather than the request failed.
         if let Ok(v) = HeaderValue::from_maybe_shared(value) {
