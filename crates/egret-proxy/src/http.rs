@@ -650,17 +650,6 @@ fn rewrite(
     req
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.headers().contains_key(header::UPGRADE)
         && req
@@ -690,9 +679,12 @@ fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Inco
             h.remove(name);
         }
     }
-    // Pre-parsed names: a removal is one hash lookup, no name parsing per request.
-    for name in &HOP_BY_HOP_NAMES {
-        h.remove(name);
+    // Pre-parsed names, and removals only when one is there: a request has a handful of
+    // headers, and looking at each is cheaper than eight hash lookups.
+    if h.keys().any(|k| HOP_BY_HOP_NAMES.contains(k)) {
+        for name in &HOP_BY_HOP_NAMES {
+            h.remove(name);
+        }
     }
     if upgrade && let Some(u) = upgrade_value {
         h.insert(header::UPGRADE, u);
@@ -731,7 +723,8 @@ fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Inco
     req
 }
 
-/// [`HOP_BY_HOP`] as header names, parsed at compile time.
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy ones Envoy removes), parsed at compile
+/// time.
 const HOP_BY_HOP_NAMES: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -1304,11 +1297,17 @@ async fn exchange_upgrade(
 /// Hop-by-hop headers do not travel on; `upgrade` and `connection` do (an upgrade's answer
 /// needs them, and the downstream side acts on `connection: close`).
 fn strip_response_hop_by_hop(h: &mut http::HeaderMap) {
-    for name in HOP_BY_HOP
-        .iter()
-        .filter(|n| **n != "upgrade" && **n != "connection")
-    {
-        h.remove(*name);
+    // A response has a handful of headers: looking at each is cheaper than eight removals.
+    let hop = |k: &HeaderName| {
+        *k != header::UPGRADE && *k != header::CONNECTION && HOP_BY_HOP_NAMES.contains(k)
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
+    for name in &HOP_BY_HOP_NAMES[..] {
+        if hop(name) {
+            h.remove(name);
+        }
     }
 }
 

@@ -52,6 +52,9 @@ pub enum Attempt<'a> {
 
 /// Is the attempt's outcome retriable under `retry_on`?
 pub fn retriable(retry_on: &str, a: Attempt<'_>) -> bool {
+    // The gRPC status is read at most once, and only if a gRPC condition is listed.
+    let mut grpc: Option<Option<u32>> = None;
+    let mut grpc_status = |h: &HeaderMap| *grpc.get_or_insert_with(|| grpc_status(h));
     retry_on
         .split(',')
         .map(str::trim)
@@ -76,7 +79,8 @@ pub fn retriable(retry_on: &str, a: Attempt<'_>) -> bool {
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    h.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// Does the policy retry anything beyond connect failures (which need no replay)?

@@ -67,18 +67,26 @@ pub struct SpanFields<'a> {
 
 /// A random 128-bit id in hex (`x-request-id`).
 pub fn request_id() -> String {
-    let mut s = String::with_capacity(36);
     let (a, b) = (crate::upstream::random(), crate::upstream::random());
-    // UUID v4 layout, as Envoy generates.
-    let _ = write!(
-        s,
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    );
+    // UUID v4 layout, as Envoy generates: 8-4-4-4-12 hex digits, version 4, variant 10.
+    // Written digit by digit (one per request: `format!` cost more than the rest of the id).
+    let fields: [(u64, usize); 5] = [
+        (a >> 32, 8),
+        ((a >> 16) & 0xffff, 4),
+        (0x4000 | (a & 0xfff), 4),
+        ((b >> 48) & 0x3fff | 0x8000, 4),
+        (b & 0xffff_ffff_ffff, 12),
+    ];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, (v, digits)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            s.push('-');
+        }
+        for d in (0..digits).rev() {
+            s.push(char::from(HEX[((v >> (d * 4)) & 0xf) as usize]));
+        }
+    }
     s
 }
 
