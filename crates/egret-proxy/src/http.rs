@@ -59,7 +59,14 @@ pub async fn handle(
     let start = Instant::now();
     let mut req = req;
     let rt = proxy.state.load_full();
-    let mut rec = HttpRecord::start(&proxy.telemetry, &rt.telemetry, &conn, &mut req);
+    // Boxed at once: the record lives across the whole request, and inline it would add its
+    // size to the request's future, which is moved into a box per request (proxy.rs).
+    let mut rec = Box::new(HttpRecord::start(
+        &proxy.telemetry,
+        &rt.telemetry,
+        &conn,
+        &mut req,
+    ));
     let method = req.method().clone();
     // Credential-looking query values never reach a log line (see `telemetry::accesslog`).
     // Only built when the process log's `access` lines are on (not at the default level).
@@ -1246,12 +1253,13 @@ async fn exchange(
     req: Request<ReqBody>,
     timeout: Option<Duration>,
 ) -> Result<Response<RespBody>, SendError> {
-    let send = conn.send(req);
+    // Each branch makes its own send future: one future held across an await in both would
+    // be stored twice in this function's state (once bare, once inside the timeout).
     let resp = match timeout {
-        Some(t) => tokio::time::timeout(t, send)
+        Some(t) => tokio::time::timeout(t, conn.send(req))
             .await
             .map_err(|_| SendError::Timeout)?,
-        None => send.await,
+        None => conn.send(req).await,
     }
     .map_err(|e| SendError::Reset(format!("{addr}: {e}"), false))?;
     let mut resp = resp.map(|b| b.boxed());

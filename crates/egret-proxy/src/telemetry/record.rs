@@ -287,10 +287,10 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn new(inner: crate::http::RespBody, rec: HttpRecord) -> Recorded {
+    pub fn new(inner: crate::http::RespBody, rec: Box<HttpRecord>) -> Recorded {
         Recorded {
             inner,
-            rec: Some(Box::new(rec)),
+            rec: Some(rec),
         }
     }
 
