@@ -453,6 +453,18 @@ mod tests {
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
+        // RFC 9562 variant 10xx, dashes in the 8-4-4-4-12 places, lower-case hex elsewhere.
+        assert!(
+            matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'),
+            "{id}"
+        );
+        for (i, c) in id.bytes().enumerate() {
+            if [8, 13, 18, 23].contains(&i) {
+                assert_eq!(c, b'-', "{id}");
+            } else {
+                assert!(c.is_ascii_digit() || (b'a'..=b'f').contains(&c), "{id}");
+            }
+        }
         assert_ne!(id, request_id());
     }
 }
