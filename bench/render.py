@@ -135,7 +135,7 @@ def render(results, json_rel):
     add("")
     add("Subjects: **direct** (client → backend nginx, 1 worker), **haproxy** (nbthread 2, "
         "`http-reuse always`), **nginx** (2 workers, upstream `keepalive 64`, HTTP/1.1), **egret** "
-        "(sidecar in explicit-proxy mode: one hop; 2 runtime workers; access log off), **egret-gw** "
+        "(sidecar in explicit-proxy mode: one hop; 2 data-plane threads, `--concurrency` default on 2 cores; access log off), **egret-gw** "
         "(sidecar → mutual-TLS mesh tunnel → egress gateway → backend: two hops, two processes).\n")
 
     targets = []
@@ -241,7 +241,7 @@ def render(results, json_rel):
            "backend. egret here is an egress gateway taking clients directly (`--allow-direct`): the "
            "sidecar's explicit proxy is HTTP/1.1.", None, "", "–")
     r = simple("tls_handshakes", "Full TLS 1.3 handshakes (ECDSA P-256) per core-second",
-               "`h2load --h1`, one request per new connection, no resumption (tickets and cache off); "
+               "`h2load --h1`, one request per new connection, no resumption (HAProxy and nginx: tickets and cache off; egret sends one stateless ticket per handshake, as Envoy does, which no client here uses); "
                "handshakes ÷ the terminating proxy's CPU-seconds.", "handshakes_per_core_s", "",
                "handshakes per core-second")
     if r and "egret" in r:
