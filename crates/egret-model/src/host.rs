@@ -10,7 +10,7 @@
 //! - TLS `sniHosts` are the exception: `*.com` also matches `example.com`... and `*.foo.com`
 //!   matches `foo.com`.
 
-use std::collections::HashMap;
+use crate::fastmap::HashMap;
 
 /// The DNS suffix Istio appends to short names (istiod's default domain suffix).
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -125,8 +125,8 @@ pub struct HostIndex<T> {
 impl<T: Clone> HostIndex<T> {
     pub fn new() -> Self {
         HostIndex {
-            exact: HashMap::new(),
-            wildcards: HashMap::new(),
+            exact: HashMap::default(),
+            wildcards: HashMap::default(),
             any: None,
         }
     }
@@ -190,7 +190,7 @@ pub struct HostMultiMap<T> {
 impl<T> HostMultiMap<T> {
     pub fn new() -> Self {
         HostMultiMap {
-            by_pattern: HashMap::new(),
+            by_pattern: HashMap::default(),
         }
     }
 

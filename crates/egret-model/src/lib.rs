@@ -16,6 +16,7 @@ pub mod analyze;
 pub mod asm;
 pub mod clusters;
 pub mod compile;
+pub mod fastmap;
 pub mod host;
 pub mod identity;
 pub mod locality;

@@ -14,8 +14,8 @@ use egret_config::types::{
 use crate::host;
 use crate::identity::ProxyIdentity;
 use crate::snapshot::{
-    Fault, HeaderOps, HttpMatch, HttpRoute, Mirror, Redirect, RetryPolicy, Rewrite, RouteAction,
-    StrMatch, WeightedCluster,
+    Fault, HeaderOps, HttpMatch, HttpRoute, Mirror, Redirect, RetryOn, RetryPolicy, Rewrite,
+    RouteAction, StrMatch, WeightedCluster,
 };
 
 /// What a route or match is being compiled for.
@@ -388,7 +388,8 @@ fn retry(r: &HttpRouteSpec, default: &RetryPolicy) -> RetryPolicy {
         per_try_timeout: rt.per_try_timeout,
         retry_on: rt
             .retry_on
-            .clone()
+            .as_deref()
+            .map(RetryOn::parse)
             .unwrap_or_else(|| default.retry_on.clone()),
         retry_ignore_previous_hosts: rt.retry_ignore_previous_hosts.unwrap_or(true),
         backoff: rt.backoff,
@@ -400,8 +401,9 @@ pub fn default_retry(mesh_default: Option<&egret_config::types::HttpRetry>) -> R
     let base = RetryPolicy {
         attempts: 2,
         per_try_timeout: None,
-        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-            .to_string(),
+        retry_on: RetryOn::parse(
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        ),
         retry_ignore_previous_hosts: true,
         backoff: None,
     };
@@ -413,7 +415,11 @@ pub fn default_retry(mesh_default: Option<&egret_config::types::HttpRetry>) -> R
                 .and_then(|a| u32::try_from(a).ok())
                 .unwrap_or(base.attempts),
             per_try_timeout: rt.per_try_timeout,
-            retry_on: rt.retry_on.clone().unwrap_or(base.retry_on),
+            retry_on: rt
+                .retry_on
+                .as_deref()
+                .map(RetryOn::parse)
+                .unwrap_or(base.retry_on),
             retry_ignore_previous_hosts: rt.retry_ignore_previous_hosts.unwrap_or(true),
             backoff: rt.backoff,
         },

@@ -11,7 +11,9 @@
 //! Everything is in a deterministic order and serializes to the same JSON for the same input.
 //! Lookup indexes are built by [`Snapshot::build_index`] and are not serialized.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::fastmap::HashMap;
 use std::net::IpAddr;
 
 use egret_config::types::{
@@ -215,7 +217,7 @@ pub(crate) struct ChainIndex {
 
 impl ChainIndex {
     fn build_tls(chains: &[L4Chain]) -> ChainIndex {
-        let mut by_pattern: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_pattern: HashMap<String, Vec<usize>> = HashMap::default();
         let mut any = Vec::new();
         for (i, c) in chains.iter().enumerate() {
             if c.sni_hosts.is_empty() {
@@ -558,9 +560,87 @@ pub struct Rewrite {
 pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
-    pub retry_on: String,
+    pub retry_on: RetryOn,
     pub retry_ignore_previous_hosts: bool,
     pub backoff: Option<Duration>,
+}
+
+/// Istio's `retryOn` (Envoy's `retry_on` plus bare status codes for
+/// `retriable_status_codes`), parsed once when the snapshot is compiled so the data path tests
+/// bits instead of splitting a string per request. It serializes as the string it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    raw: String,
+    conditions: u16,
+    /// Bare status codes (`"503,429"`).
+    codes: Vec<u16>,
+}
+
+impl RetryOn {
+    pub const FIVE_XX: u16 = 1;
+    pub const GATEWAY_ERROR: u16 = 1 << 1;
+    pub const RESET: u16 = 1 << 2;
+    pub const CONNECT_FAILURE: u16 = 1 << 3;
+    pub const RETRIABLE_4XX: u16 = 1 << 4;
+    pub const REFUSED_STREAM: u16 = 1 << 5;
+    pub const CANCELLED: u16 = 1 << 6;
+    pub const DEADLINE_EXCEEDED: u16 = 1 << 7;
+    pub const RESOURCE_EXHAUSTED: u16 = 1 << 8;
+    pub const UNAVAILABLE: u16 = 1 << 9;
+    /// Any other non-empty condition (`retriable-status-codes`, `retriable-headers`, ...):
+    /// it matches nothing by itself but, like every condition other than
+    /// `connect-failure`, means the request body may have to be replayed.
+    pub const OTHER: u16 = 1 << 10;
+    /// The gRPC conditions, which read the response's `grpc-status`.
+    pub const GRPC: u16 =
+        Self::CANCELLED | Self::DEADLINE_EXCEEDED | Self::RESOURCE_EXHAUSTED | Self::UNAVAILABLE;
+
+    pub fn parse(s: &str) -> RetryOn {
+        let mut on = RetryOn {
+            raw: s.to_string(),
+            ..RetryOn::default()
+        };
+        for cond in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            on.conditions |= match cond {
+                "5xx" => Self::FIVE_XX,
+                "gateway-error" => Self::GATEWAY_ERROR,
+                "reset" => Self::RESET,
+                "connect-failure" => Self::CONNECT_FAILURE,
+                "retriable-4xx" => Self::RETRIABLE_4XX,
+                "refused-stream" => Self::REFUSED_STREAM,
+                "cancelled" => Self::CANCELLED,
+                "deadline-exceeded" => Self::DEADLINE_EXCEEDED,
+                "resource-exhausted" => Self::RESOURCE_EXHAUSTED,
+                "unavailable" => Self::UNAVAILABLE,
+                code => {
+                    if let Ok(c) = code.parse::<u16>() {
+                        on.codes.push(c);
+                    }
+                    Self::OTHER
+                }
+            };
+        }
+        on
+    }
+
+    /// Is any of `bits` listed?
+    pub fn any(&self, bits: u16) -> bool {
+        self.conditions & bits != 0
+    }
+
+    pub fn codes(&self) -> &[u16] {
+        &self.codes
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

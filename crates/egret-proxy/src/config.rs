@@ -6,7 +6,7 @@
 //! serving. Otherwise the new [`Runtime`] is swapped in: new connections and requests use it,
 //! established connections keep the one they started with.
 
-use std::collections::HashMap;
+use egret_model::fastmap::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +83,9 @@ pub struct ClusterRuntime {
     pub hash_table: Option<crate::balancer::HashTable>,
     /// `connectionPool` limits (circuit breaking).
     pub breaker: crate::circuit::Breaker,
+    /// Each endpoint's address when it is an IP literal, parsed once per snapshot: the data
+    /// path neither parses nor resolves it per request.
+    pub endpoint_ips: Box<[Option<std::net::IpAddr>]>,
 }
 
 impl ClusterRuntime {
@@ -107,6 +110,11 @@ impl ClusterRuntime {
                 .map(|od| crate::outlier::Health::new(od, c.endpoints.len())),
             hash_table: crate::balancer::HashTable::build(c),
             breaker: crate::circuit::Breaker::new(&c.policy.connection_pool),
+            endpoint_ips: c
+                .endpoints
+                .iter()
+                .map(|e| e.address.trim_matches(['[', ']']).parse().ok())
+                .collect(),
         }
     }
 }
@@ -120,7 +128,8 @@ impl Runtime {
         mesh: Option<&MeshTls>,
         policy: &crate::policy::enforce::Shared,
     ) -> Result<Runtime, Vec<String>> {
-        let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+        let mut clusters =
+            HashMap::with_capacity_and_hasher(snapshot.clusters.len(), Default::default());
         let mut errors = Vec::new();
         for c in &snapshot.clusters {
             let tls = match c.policy.tls.unusable {
@@ -155,7 +164,7 @@ impl Runtime {
                 ClusterRuntime::for_cluster(c, tls, mesh_config),
             );
         }
-        let mut servers = HashMap::new();
+        let mut servers = HashMap::default();
         for l in &snapshot.listeners {
             for (i, srv) in l.servers.iter().enumerate() {
                 let Some(t) = &srv.tls else { continue };
@@ -172,14 +181,14 @@ impl Runtime {
                 }
             }
         }
-        let mut regexes = HashMap::new();
+        let mut regexes = HashMap::default();
         let rewrites = snapshot
             .listeners
             .iter()
             .flat_map(|l| &l.virtual_hosts)
             .flat_map(|v| &v.routes)
             .filter_map(|r| r.rewrite.as_ref()?.uri_regex.as_ref());
-        let mut substitutions = HashMap::new();
+        let mut substitutions = HashMap::default();
         for (pattern, rewrite) in rewrites {
             substitutions
                 .entry(rewrite.clone())

@@ -190,7 +190,7 @@ impl Proxy {
             return h::bad_request("CONNECT needs host:port\n");
         };
         let (host, _) = h::split_authority(&authority);
-        conn.tunnel_host = Some(host);
+        conn.tunnel_host = Some(host.into_owned());
         let me = self.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {

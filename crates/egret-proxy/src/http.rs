@@ -5,6 +5,7 @@
 //! where the application was going; REGISTRY_ONLY: 502 from the `block_all` route); a virtual
 //! host whose routes do not match answers 404 (`NR`); a route timeout answers 504 (`UT`).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,7 +78,7 @@ pub async fn handle(
             .unwrap_or_else(|| "/".into())
     });
     let version = req.version();
-    let (resp, out, authority) = route_and_forward(&proxy, &conn, req).await;
+    let (resp, out, authority) = route_and_forward(&proxy, &rt, &conn, req).await;
     proxy.metrics.request(match (out.flags, out.details) {
         (_, "rbac_access_denied" | "ext_authz_denied" | "ext_authz_error") => "denied",
         (_, d) if d.starts_with("jwt_") => "unauthenticated",
@@ -107,10 +108,10 @@ pub async fn handle(
         out.flags,
         out.details,
         out.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-        out.cluster,
+        or_dash(&out.cluster),
         conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         start.elapsed().as_millis(),
-        out.route,
+        or_dash(&out.route),
         conn.principal(),
     );
     let cluster = rt
@@ -132,6 +133,11 @@ pub async fn handle(
     Ok(resp.map(|b| Recorded::new(b, rec).boxed()))
 }
 
+/// Envoy logs an absent value as `-`.
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
 /// The request's authority: the absolute-form URI's (explicit proxy, HTTP/2 `:authority`),
 /// else the Host header.
 fn authority_of(req: &Request<Incoming>) -> Option<String> {
@@ -144,8 +150,9 @@ fn authority_of(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `Host[:port]` -> (canonical host, port). IPv6 literals keep their brackets off.
-pub fn split_authority(a: &str) -> (String, Option<u16>) {
+/// `Host[:port]` -> (canonical host, port). IPv6 literals keep their brackets off. The host
+/// is borrowed when it is already canonical (lower case, no trailing dot), as it usually is.
+pub fn split_authority(a: &str) -> (Cow<'_, str>, Option<u16>) {
     let a = a.rsplit('@').next().unwrap_or(a);
     let (h, p) = if let Some(rest) = a.strip_prefix('[') {
         match rest.split_once(']') {
@@ -158,18 +165,24 @@ pub fn split_authority(a: &str) -> (String, Option<u16>) {
             _ => (a, None),
         }
     };
-    let h = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+    let h = h.strip_suffix('.').unwrap_or(h);
+    let h = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(h)
+    };
     (h, p)
 }
 
 async fn route_and_forward(
     proxy: &Arc<Proxy>,
+    rt: &Arc<crate::config::Runtime>,
     conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> (Response<RespBody>, Outcome, String) {
     let mut rate_headers = None;
     let (mut resp, out, authority) =
-        policy_route_forward(proxy, conn, req, &mut rate_headers).await;
+        policy_route_forward(proxy, rt, conn, req, &mut rate_headers).await;
     // `x-ratelimit-*` of the tightest rate limit that applied.
     if let Some(h) = rate_headers {
         for (k, v) in &h {
@@ -179,8 +192,10 @@ async fn route_and_forward(
     (resp, out, authority)
 }
 
+/// One configuration snapshot serves the whole request (`rt`, loaded once in `handle`).
 async fn policy_route_forward(
     proxy: &Arc<Proxy>,
+    rt: &Arc<crate::config::Runtime>,
     conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
     rate_headers: &mut Option<http::HeaderMap>,
@@ -189,9 +204,10 @@ async fn policy_route_forward(
         status: 0,
         flags: "-",
         details: "-",
-        cluster: "-".into(),
+        // Empty until known (no allocation); logged as "-".
+        cluster: String::new(),
         upstream: None,
-        route: "-".into(),
+        route: String::new(),
     };
     let Some(authority) = authority_of(&req) else {
         out.status = 400;
@@ -213,7 +229,7 @@ async fn policy_route_forward(
         out.status = 421;
         out.flags = "DPE";
         out.details = "sni_host_mismatch";
-        tracing::warn!(target: "policy", %sni, host, "Host does not match the TLS SNI: 421");
+        tracing::warn!(target: "policy", %sni, %host, "Host does not match the TLS SNI: 421");
         return (
             local(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -237,15 +253,14 @@ async fn policy_route_forward(
         out.status = 400;
         out.flags = "DPE";
         out.details = "invalid_path";
-        tracing::info!(target: "policy", host, "bad request path: {e}");
+        tracing::info!(target: "policy", %host, "bad request path: {e}");
         return (
             local(StatusCode::BAD_REQUEST, "bad request path\n"),
             out,
             authority,
         );
     }
-    let rt = proxy.state.load_full();
-    match crate::policy::enforce::check_http(proxy, &rt, conn, &mut req, &host, port).await {
+    match crate::policy::enforce::check_http(proxy, rt, conn, &mut req, &host, port).await {
         Ok(h) => *rate_headers = h,
         Err(d) => {
             out.status = d.status;
@@ -257,6 +272,8 @@ async fn policy_route_forward(
     let snap = &rt.snapshot;
     let vhost = snap.listener(port).and_then(|l| l.virtual_host(&host));
     let Some(vhost) = vhost else {
+        // `host` borrows `authority`, which moves into the outcome.
+        let host = host.into_owned();
         return outbound_policy(proxy, conn, req, &host, port, out, authority).await;
     };
     // First matching route wins.
@@ -282,7 +299,7 @@ async fn policy_route_forward(
         }
         RouteAction::Redirect(rd) => {
             let scheme = rd.scheme.clone().unwrap_or_else(|| "http".into());
-            let host_part = rd.authority.clone().unwrap_or_else(|| host.clone());
+            let host_part = rd.authority.clone().unwrap_or_else(|| host.to_string());
             let default_port = if scheme == "https" { 443 } else { 80 };
             let port_part = match (rd.port, rd.derive_port_from_request) {
                 (Some(p), _) => Some(p),
@@ -329,8 +346,8 @@ async fn policy_route_forward(
                 );
             };
             out.cluster = cluster.name.clone();
-            let req = rewrite(req, route, matched, &rt);
-            let (resp, o) = forward(proxy, conn, &rt, cluster, route, dest, req, &host, out).await;
+            let req = rewrite(req, route, matched, rt);
+            let (resp, o) = forward(proxy, conn, rt, cluster, route, dest, req, &host, out).await;
             (resp, o, authority)
         }
     }
@@ -471,11 +488,11 @@ async fn outbound_policy(
     }
 }
 
-fn upstream_failed(
+fn upstream_failed<A>(
     e: UpstreamError,
     mut out: Outcome,
-    authority: String,
-) -> (Response<RespBody>, Outcome, String) {
+    authority: A,
+) -> (Response<RespBody>, Outcome, A) {
     out.status = 503;
     out.flags = e.response_flag();
     out.details = "upstream_connect_failure";
@@ -821,13 +838,15 @@ async fn forward(
             return (local(s, "fault filter abort"), out);
         }
     }
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| host.to_string());
+    // The Host header's value is shared (a reference count), not copied.
+    let host_value = req.headers().get(header::HOST).cloned();
+    let authority: Cow<'_, str> = match host_value.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(a) => a.into(),
+        None => match req.uri().authority() {
+            Some(a) => a.to_string().into(),
+            None => host.into(),
+        },
+    };
     let mut req = strip_hop_by_hop(req, &authority);
     if conn.mode == Mode::Gateway && cluster.location == egret_config::types::Location::MeshExternal
     {
@@ -861,11 +880,12 @@ async fn forward(
     };
     // SNI: the DestinationRule's `sni`, else the request's host (Istio auto-SNI); towards the
     // gateway, the gateway's name (the tunnel routes by `:authority`, not by SNI).
-    let (sni_host, _) = split_authority(&authority);
-    let sni = match (&cluster.policy.tls.sni, mesh) {
-        (Some(s), _) => s.clone(),
-        (None, true) => cluster.host.clone(),
-        (None, false) => sni_host,
+    // Only TLS needs it: plain HTTP upstreams build nothing.
+    let sni: Cow<'_, str> = match (&cluster.policy.tls.sni, mesh) {
+        (Some(s), _) => s.as_str().into(),
+        (None, true) => cluster.host.as_str().into(),
+        (None, false) if tls.is_some() => split_authority(&authority).0,
+        (None, false) => "".into(),
     };
     let connect_timeout = cluster.policy.connection_pool.connect_timeout.to_std();
     // HTTP/2 upstream: the cluster says so (port protocol HTTP2/GRPC, h2UpgradePolicy), or
@@ -996,7 +1016,7 @@ async fn forward(
             }
         };
         out.upstream = Some(picked.addr);
-        let tls_pair = tls.map(|c| (c, sni.as_str()));
+        let tls_pair = tls.map(|c| (c, &*sni));
         let upstream = if h2 {
             proxy
                 .upstreams

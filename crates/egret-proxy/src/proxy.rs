@@ -651,6 +651,7 @@ impl Proxy {
                 return h::bad_request("CONNECT needs host:port\n");
             };
             let (host, port) = h::split_authority(&auth);
+            let host = host.into_owned();
             let Some(port) = port else {
                 return h::bad_request("CONNECT needs host:port\n");
             };

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::body::InBody as Incoming;
 use bytes::Bytes;
-use egret_model::snapshot::{Cluster, HashKey, LoadBalancer};
+use egret_model::snapshot::{Cluster, HashKey, LoadBalancer, RetryOn};
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
@@ -50,32 +50,35 @@ pub enum Attempt<'a> {
     Timeout,
 }
 
-/// Is the attempt's outcome retriable under `retry_on`?
-pub fn retriable(retry_on: &str, a: Attempt<'_>) -> bool {
-    // The gRPC status is read at most once, and only if a gRPC condition is listed.
-    let mut grpc: Option<Option<u32>> = None;
-    let mut grpc_status = |h: &HeaderMap| *grpc.get_or_insert_with(|| grpc_status(h));
-    retry_on
-        .split(',')
-        .map(str::trim)
-        .any(|cond| match (cond, a) {
-            ("5xx", Attempt::Status(s, _)) => s >= 500,
-            ("5xx" | "gateway-error", Attempt::ConnectFailure | Attempt::Timeout) => true,
-            ("5xx" | "reset", Attempt::Reset { .. }) => true,
-            ("reset", Attempt::Timeout) => true,
-            ("gateway-error", Attempt::Status(s, _)) => matches!(s, 502..=504),
-            ("connect-failure", Attempt::ConnectFailure) => true,
-            ("retriable-4xx", Attempt::Status(409, _)) => true,
-            ("refused-stream", Attempt::Reset { refused }) => refused,
-            ("cancelled", Attempt::Status(_, h)) => grpc_status(h) == Some(1),
-            ("deadline-exceeded", Attempt::Status(_, h)) => grpc_status(h) == Some(4),
-            ("resource-exhausted", Attempt::Status(_, h)) => grpc_status(h) == Some(8),
-            ("unavailable", Attempt::Status(_, h)) => grpc_status(h) == Some(14),
-            // Istio puts bare codes into Envoy's `retriable_status_codes` and adds
-            // `retriable-status-codes`; accept them with or without it.
-            (code, Attempt::Status(s, _)) => code.parse::<u16>().is_ok_and(|c| c == s),
-            _ => false,
-        })
+/// Is the attempt's outcome retriable under `retry_on`? Envoy's conditions
+/// (`x-envoy-retry-on`, `x-envoy-retry-grpc-on`), as Istio's `retryOn` lists them; bare codes
+/// are Envoy's `retriable_status_codes`, accepted with or without `retriable-status-codes`.
+pub fn retriable(on: &RetryOn, a: Attempt<'_>) -> bool {
+    match a {
+        Attempt::Status(s, h) => {
+            (on.any(RetryOn::FIVE_XX) && s >= 500)
+                || (on.any(RetryOn::GATEWAY_ERROR) && matches!(s, 502..=504))
+                || (on.any(RetryOn::RETRIABLE_4XX) && s == 409)
+                || on.codes().contains(&s)
+                // The gRPC status is read only if a gRPC condition is listed.
+                || (on.any(RetryOn::GRPC)
+                    && match grpc_status(h) {
+                        Some(1) => on.any(RetryOn::CANCELLED),
+                        Some(4) => on.any(RetryOn::DEADLINE_EXCEEDED),
+                        Some(8) => on.any(RetryOn::RESOURCE_EXHAUSTED),
+                        Some(14) => on.any(RetryOn::UNAVAILABLE),
+                        _ => false,
+                    })
+        }
+        Attempt::ConnectFailure => {
+            on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::CONNECT_FAILURE)
+        }
+        Attempt::Timeout => on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET),
+        Attempt::Reset { refused } => {
+            on.any(RetryOn::FIVE_XX | RetryOn::RESET)
+                || (refused && on.any(RetryOn::REFUSED_STREAM))
+        }
+    }
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
@@ -84,12 +87,8 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
 }
 
 /// Does the policy retry anything beyond connect failures (which need no replay)?
-pub fn replays(retry_on: &str, attempts: u32) -> bool {
-    attempts > 0
-        && retry_on
-            .split(',')
-            .map(str::trim)
-            .any(|c| !c.is_empty() && c != "connect-failure")
+pub fn replays(on: &RetryOn, attempts: u32) -> bool {
+    attempts > 0 && (on.any(!RetryOn::CONNECT_FAILURE) || !on.codes().is_empty())
 }
 
 /// Envoy's retry back-off: fully jittered exponential from `base` (25 ms), capped at 10 × base.
@@ -323,34 +322,79 @@ mod tests {
         let h = HeaderMap::new();
         let mut grpc = HeaderMap::new();
         grpc.insert("grpc-status", http::HeaderValue::from_static("14"));
-        assert!(retriable("5xx", Attempt::Status(500, &h)));
-        assert!(!retriable("5xx", Attempt::Status(404, &h)));
-        assert!(retriable("gateway-error", Attempt::Status(503, &h)));
-        assert!(!retriable("gateway-error", Attempt::Status(500, &h)));
-        assert!(retriable("retriable-4xx", Attempt::Status(409, &h)));
-        assert!(retriable("connect-failure", Attempt::ConnectFailure));
-        assert!(!retriable("connect-failure", Attempt::Status(503, &h)));
-        assert!(retriable("reset", Attempt::Reset { refused: false }));
+        assert!(retriable(&RetryOn::parse("5xx"), Attempt::Status(500, &h)));
+        assert!(!retriable(&RetryOn::parse("5xx"), Attempt::Status(404, &h)));
         assert!(retriable(
-            "refused-stream",
+            &RetryOn::parse("gateway-error"),
+            Attempt::Status(503, &h)
+        ));
+        assert!(!retriable(
+            &RetryOn::parse("gateway-error"),
+            Attempt::Status(500, &h)
+        ));
+        assert!(retriable(
+            &RetryOn::parse("retriable-4xx"),
+            Attempt::Status(409, &h)
+        ));
+        assert!(retriable(
+            &RetryOn::parse("connect-failure"),
+            Attempt::ConnectFailure
+        ));
+        assert!(!retriable(
+            &RetryOn::parse("connect-failure"),
+            Attempt::Status(503, &h)
+        ));
+        assert!(retriable(
+            &RetryOn::parse("reset"),
+            Attempt::Reset { refused: false }
+        ));
+        assert!(retriable(
+            &RetryOn::parse("refused-stream"),
             Attempt::Reset { refused: true }
         ));
         assert!(!retriable(
-            "refused-stream",
+            &RetryOn::parse("refused-stream"),
             Attempt::Reset { refused: false }
         ));
-        assert!(retriable("503,reset", Attempt::Status(503, &h)));
         assert!(retriable(
-            "retriable-status-codes,429",
+            &RetryOn::parse("503,reset"),
+            Attempt::Status(503, &h)
+        ));
+        assert!(retriable(
+            &RetryOn::parse("retriable-status-codes,429"),
             Attempt::Status(429, &h)
         ));
-        assert!(retriable("unavailable", Attempt::Status(200, &grpc)));
-        assert!(!retriable("cancelled", Attempt::Status(200, &grpc)));
-        assert!(retriable("5xx", Attempt::Timeout));
-        assert!(!retriable("connect-failure", Attempt::Timeout));
-        assert!(!replays("connect-failure", 3));
-        assert!(replays("connect-failure,5xx", 3));
-        assert!(!replays("5xx", 0));
+        assert!(retriable(
+            &RetryOn::parse("unavailable"),
+            Attempt::Status(200, &grpc)
+        ));
+        assert!(!retriable(
+            &RetryOn::parse("cancelled"),
+            Attempt::Status(200, &grpc)
+        ));
+        assert!(retriable(&RetryOn::parse("5xx"), Attempt::Timeout));
+        assert!(!retriable(
+            &RetryOn::parse("connect-failure"),
+            Attempt::Timeout
+        ));
+        assert!(!replays(&RetryOn::parse("connect-failure"), 3));
+        assert!(replays(&RetryOn::parse("connect-failure,5xx"), 3));
+        assert!(!replays(&RetryOn::parse("5xx"), 0));
+        // Istio's default list replays (it has conditions beyond connect-failure).
+        let default = RetryOn::parse(
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        );
+        assert!(replays(&default, 2));
+        assert!(retriable(&default, Attempt::Status(200, &grpc)));
+        assert!(!retriable(&default, Attempt::Status(503, &h)));
+        assert!(retriable(&default, Attempt::ConnectFailure));
+        let mut deadline = HeaderMap::new();
+        deadline.insert("grpc-status", http::HeaderValue::from_static("4"));
+        assert!(!retriable(&default, Attempt::Status(200, &deadline)));
+        assert_eq!(
+            default.as_str(),
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        );
     }
 
     #[test]

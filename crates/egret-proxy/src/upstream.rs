@@ -6,7 +6,7 @@
 //! the endpoint address and, for TLS, the SNI and the client configuration. A lock is held only
 //! to push or pop an idle connection, never across an `.await`.
 
-use std::collections::HashMap;
+use egret_model::fastmap::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -267,7 +267,7 @@ impl Upstreams {
             // clients (a gateway terminating TLS for hundreds of connections at once) would
             // otherwise close and reopen upstream connections between its requests.
             h1: Arc::new(H1Pool::new(256)),
-            h2: std::sync::Mutex::new(HashMap::new()),
+            h2: std::sync::Mutex::new(HashMap::default()),
             forbidden: Vec::new(),
             gateway: false,
             stats: UpstreamStats::default(),
@@ -445,6 +445,15 @@ impl Upstreams {
                     return Err(UpstreamError::NoEndpoint(cluster.name.clone()));
                 };
                 let ep = &cluster.endpoints[i];
+                // An IP endpoint: nothing to resolve (parsed when the snapshot was built).
+                if let Some(ip) = state.and_then(|s| s.endpoint_ips.get(i).copied().flatten()) {
+                    return Ok(Picked {
+                        addr: SocketAddr::new(ip, ep.port),
+                        name: None,
+                        load: state.and_then(|s| LoadGuard::new(&s.active, i)),
+                        endpoint: Some(i),
+                    });
+                }
                 let ips = if self.gateway {
                     self.resolve_public(&ep.address).await?
                 } else {

@@ -14,7 +14,7 @@
 //! at most 64 KiB (`max_request_headers_kb` 60) and at most 100 headers
 //! (`max_headers_count` 100).
 
-use std::collections::HashMap;
+use egret_model::fastmap::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -72,7 +72,7 @@ impl Pool {
     /// A pool keeping at most `max_idle` idle connections per key.
     pub fn new(max_idle: usize) -> Pool {
         Pool {
-            idle: std::sync::Mutex::new(HashMap::new()),
+            idle: std::sync::Mutex::new(HashMap::default()),
             max_idle,
         }
     }
@@ -514,7 +514,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
             (at, at + r.len())
         });
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(n);
+    // Room for the headers the proxy adds to a response (rate-limit, route headers): growing
+    // a header map rehashes it.
+    let mut headers = HeaderMap::with_capacity(n + 4);
     for &(ns, ne, vs, ve) in &at[..n] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Parse("bad header name"))?;

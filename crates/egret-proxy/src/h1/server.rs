@@ -249,7 +249,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         *buf = back;
         return Parsed::HandOff;
     };
-    let mut map = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds on the way (x-request-id, x-forwarded-proto, Host, mesh
+    // headers): growing a header map rehashes it.
+    let mut map = HeaderMap::with_capacity(count + 6);
     for &(ns, ne, vs, ve) in &spans[..count] {
         // httparse admits only non-empty tokens as names, all of which are valid header names
         // here (the head is far below HeaderName's 64 KiB limit): this never skips one.
@@ -459,7 +461,17 @@ fn framing(
         return Framing::Length(0);
     }
     if let Some(n) = body.size_hint().exact() {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        // Usually the upstream's own Content-Length says the same: kept as it is, nothing
+        // is formatted.
+        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+        let same = matches!(
+            (lengths.next(), lengths.next()),
+            (Some(v), None)
+                if content_length(v.as_bytes()).and_then(|m| u64::try_from(m).ok()) == Some(n)
+        );
+        if !same {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
         return Framing::Length(n);
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();

@@ -17,7 +17,7 @@
 //! Policies are compiled once per snapshot. HTTP requests only visit the policies that can
 //! match their host: a policy whose every rule names exact `hosts` is indexed by them.
 
-use std::collections::HashMap;
+use egret_model::fastmap::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! connection reuse towards upstreams, DNS, certificate expiry, the configuration in force,
 //! and what the access log and the tracer had to drop.
 
-use std::collections::HashMap;
+use egret_model::fastmap::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -18,7 +18,7 @@
 //! destinations are capped ([`MAX_DESTINATIONS`]); beyond the cap they share one series whose
 //! `destination_service` is `overflow`.
 
-use std::collections::HashMap;
+use egret_model::fastmap::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

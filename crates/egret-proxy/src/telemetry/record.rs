@@ -193,7 +193,11 @@ impl HttpRecord {
             protocol: protocol(self.version),
             status: self.status,
             flags: self.flags,
-            cluster: &self.cluster,
+            cluster: if self.cluster.is_empty() {
+                "-"
+            } else {
+                &self.cluster
+            },
             upstream: self.upstream,
             peer: self.conn.peer,
             request_id: self.headers_request_id(),
