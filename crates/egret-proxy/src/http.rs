@@ -260,13 +260,19 @@ async fn policy_route_forward(
             authority,
         );
     }
-    match crate::policy::enforce::check_http(proxy, rt, conn, &mut req, &host, port).await {
-        Ok(h) => *rate_headers = h,
-        Err(d) => {
-            out.status = d.status;
-            out.flags = d.flags;
-            out.details = d.details;
-            return (d.response, out, authority);
+    // Policies are checked in a future of their own, boxed and only when this proxy has any:
+    // its state (external authorizer and rate-limit service calls) is several KiB, and inline
+    // it would be carried and copied with every request's future.
+    if !rt.policy.is_empty() {
+        let check = crate::policy::enforce::check_http(proxy, rt, conn, &mut req, &host, port);
+        match Box::pin(check).await {
+            Ok(h) => *rate_headers = h,
+            Err(d) => {
+                out.status = d.status;
+                out.flags = d.flags;
+                out.details = d.details;
+                return (d.response, out, authority);
+            }
         }
     }
     let snap = &rt.snapshot;

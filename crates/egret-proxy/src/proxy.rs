@@ -609,8 +609,10 @@ impl Proxy {
         // egret's own HTTP/1.1 server first (see `serve_http`); CONNECT and everything else
         // unusual goes to hyper's HTTP/1 server with upgrades, as before.
         let me = self.clone();
+        // What the requests of this connection share, made once per connection.
+        let conn = Arc::new(ConnInfo::new(peer, None, Mode::Explicit, 80));
         let served = crate::h1::server::serve(stream, Bytes::new(), move |req| {
-            Box::pin(me.clone().explicit_request(req, peer))
+            Box::pin(me.clone().explicit_request(req, conn.clone()))
         })
         .await;
         let Served::HandOff { read, io } = served else {
@@ -625,11 +627,13 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let me = self.clone();
+        let conn = Arc::new(ConnInfo::new(peer, None, Mode::Explicit, 80));
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
+            let conn = conn.clone();
             // Boxed for the same reason as in `serve_http`: a small task per idle connection.
             async move {
-                Ok::<_, Infallible>(Box::pin(p.explicit_request(req.map(InBody::from), peer)).await)
+                Ok::<_, Infallible>(Box::pin(p.explicit_request(req.map(InBody::from), conn)).await)
             }
         });
         if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -644,8 +648,9 @@ impl Proxy {
     async fn explicit_request(
         self: Arc<Self>,
         req: Request<InBody>,
-        peer: SocketAddr,
+        conn: Arc<ConnInfo>,
     ) -> Response<RespBody> {
+        let peer = conn.peer;
         if h::is_connect(&req) {
             let Some(auth) = req.uri().authority().map(|a| a.to_string()) else {
                 return h::bad_request("CONNECT needs host:port\n");
@@ -697,7 +702,6 @@ impl Proxy {
                 "explicit proxy requests need an absolute URI (http://host/path)\n",
             );
         }
-        let conn = Arc::new(ConnInfo::new(peer, None, Mode::Explicit, 80));
         match h::handle(self, conn, req).await {
             Ok(r) => r,
             Err(never) => match never {},

@@ -426,9 +426,9 @@ impl Upstreams {
                     cluster.host.as_str()
                 };
                 let ips = if self.gateway {
-                    self.resolve_public(name).await?
+                    Box::pin(self.resolve_public(name)).await?
                 } else {
-                    self.resolve(name).await?
+                    Box::pin(self.resolve(name)).await?
                 };
                 let i = state.map_or(0, |s| s.next.fetch_add(1, Ordering::Relaxed));
                 Ok(Picked {
@@ -455,9 +455,9 @@ impl Upstreams {
                     });
                 }
                 let ips = if self.gateway {
-                    self.resolve_public(&ep.address).await?
+                    Box::pin(self.resolve_public(&ep.address)).await?
                 } else {
-                    self.resolve(&ep.address).await?
+                    Box::pin(self.resolve(&ep.address)).await?
                 };
                 // STRICT_DNS: every address is an endpoint (round robin across them);
                 // LOGICAL_DNS (DNS_ROUND_ROBIN): the first address.
@@ -593,7 +593,9 @@ impl Upstreams {
             bump(&self.stats.http1_reused);
             return Ok(c.checked_out(self.h1.clone(), *limits));
         }
-        let io = self.connect_sync(addr, timeout, tls, limits).await?;
+        // Boxed: a new connection (TCP connect, TLS handshake) is the rare case, and its state
+        // inline would be copied with every request's future (see `http::forward`).
+        let io = Box::pin(self.connect_sync(addr, timeout, tls, limits)).await?;
         bump(&self.stats.http1_new);
         Ok(H1Conn::new(io, key, self.h1.clone(), *limits))
     }
@@ -607,15 +609,14 @@ impl Upstreams {
         tls: Option<(&Arc<ClientConfig>, &str)>,
         limits: &PoolLimits,
     ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
-        let io = self.connect_with(addr, timeout, tls, limits).await?;
+        let io = Box::pin(self.connect_with(addr, timeout, tls, limits)).await?;
         bump(&self.stats.http1_new);
-        let (sender, conn) =
-            http1::handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| UpstreamError::Handshake {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+        let (sender, conn) = Box::pin(http1::handshake(TokioIo::new(io)))
+            .await
+            .map_err(|e| UpstreamError::Handshake {
+                addr,
+                reason: e.to_string(),
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
@@ -660,15 +661,17 @@ impl Upstreams {
             c.last = now;
             return Ok(c.sender.clone());
         }
-        let io = self.connect_with(addr, timeout, tls, limits).await?;
+        let io = Box::pin(self.connect_with(addr, timeout, tls, limits)).await?;
         bump(&self.stats.http2_new);
-        let (sender, conn) =
-            http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
-                .await
-                .map_err(|e| UpstreamError::Handshake {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+        let (sender, conn) = Box::pin(http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(io),
+        ))
+        .await
+        .map_err(|e| UpstreamError::Handshake {
+            addr,
+            reason: e.to_string(),
+        })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, "upstream HTTP/2 connection ended: {e}");

@@ -514,9 +514,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
             (at, at + r.len())
         });
     let head = buf.split_to(len).freeze();
-    // Room for the headers the proxy adds to a response (rate-limit, route headers): growing
-    // a header map rehashes it.
-    let mut headers = HeaderMap::with_capacity(n + 4);
+    // Room for one header the proxy may add to a response: growing a header map rehashes
+    // it, and more room would take the map out of the allocator's small-size cache (see
+    // `server::parse`).
+    let mut headers = HeaderMap::with_capacity(n + 1);
     for &(ns, ne, vs, ve) in &at[..n] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Parse("bad header name"))?;

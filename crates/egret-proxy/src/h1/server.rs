@@ -249,9 +249,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         *buf = back;
         return Parsed::HandOff;
     };
-    // Room for what the proxy adds on the way (x-request-id, x-forwarded-proto, Host, mesh
-    // headers): growing a header map rehashes it.
-    let mut map = HeaderMap::with_capacity(count + 6);
+    // Room for the two headers the proxy adds on the way (x-request-id, x-forwarded-proto):
+    // growing a header map rehashes it. Not more: the map's entries are ~112 bytes each, and
+    // a typical head's map stays in the allocator's small-size cache (<= 1 KiB).
+    let mut map = HeaderMap::with_capacity(count + 2);
     for &(ns, ne, vs, ve) in &spans[..count] {
         // httparse admits only non-empty tokens as names, all of which are valid header names
         // here (the head is far below HeaderName's 64 KiB limit): this never skips one.
