@@ -372,8 +372,8 @@ impl Proxy {
             tracing::warn!(target: "policy", %peer, port, %sni, ?mode, "this server is reachable only through the mesh tunnel: closed");
             return;
         };
-        let accept =
-            tokio_rustls::TlsAcceptor::from(config).accept(PrefixedIo::new(prefix, stream));
+        // Not tokio-rustls: the session ticket leaves with the first response (tls_server.rs).
+        let accept = crate::tls_server::accept(config, prefix, stream);
         let tls = match tokio::time::timeout(self.hello_timeout, accept)
             .await
             .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))

@@ -32,4 +32,5 @@ pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
 pub mod tls_hello;
+pub mod tls_server;
 pub mod upstream;

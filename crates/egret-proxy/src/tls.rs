@@ -379,7 +379,9 @@ pub fn server_config(
 /// gateway"). A stateless ticket costs one seal and one record, works for any number of
 /// clients, and a client that resumes gets a fresh ticket each time (so one is enough for the
 /// usual reconnect pattern; TLS 1.3 tickets are single-use, RFC 8446 §8.1).
-fn resumption_by_stateless_ticket(config: &mut rustls::ServerConfig) -> Result<(), TlsError> {
+pub(crate) fn resumption_by_stateless_ticket(
+    config: &mut rustls::ServerConfig,
+) -> Result<(), TlsError> {
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 1;
