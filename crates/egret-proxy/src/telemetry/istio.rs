@@ -13,7 +13,8 @@
 //! - `connection_security_policy` is `unknown` (the value Istio gives at the source).
 //!
 //! The data path does two hash lookups per report (destination by cluster/host, then the
-//! series by (destination, code, flags)) under short, never-async read locks; labels are
+//! series by (destination, code, flags) in its own thread's copy) under short, never-async
+//! read locks; labels are
 //! rendered once per destination, never per request. Distinct passthrough/black-hole
 //! destinations are capped ([`MAX_DESTINATIONS`]); beyond the cap they share one series whose
 //! `destination_service` is `overflow`.
@@ -63,19 +64,56 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Add this histogram's counts to `snap` (the per-thread shards are summed when scraped).
+    fn add_to(&self, snap: &mut HistogramSum) {
+        for (s, b) in snap.buckets.iter_mut().zip(&self.buckets) {
+            *s += b.load(Ordering::Relaxed);
+        }
+        snap.count += self.count.load(Ordering::Relaxed);
+        snap.sum_milli += self.sum_milli.load(Ordering::Relaxed);
+    }
+}
+
+/// A histogram's counts summed over the data-plane threads, as scraped.
+#[derive(Default, Clone, Copy)]
+struct HistogramSum {
+    buckets: [u64; 19],
+    count: u64,
+    sum_milli: u64,
+}
+
+impl HistogramSum {
     fn encode(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (b, le) in self.buckets.iter().zip(BUCKETS) {
-            cumulative += b.load(Ordering::Relaxed);
+            cumulative += b;
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = self.count;
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        let sum = self.sum_milli as f64 / 1000.0;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
+
+/// One HTTP series summed over the data-plane threads.
+#[derive(Default, Clone, Copy)]
+struct HttpSum {
+    requests: u64,
+    duration_ms: HistogramSum,
+    request_bytes: HistogramSum,
+    response_bytes: HistogramSum,
+}
+
+/// How many per-thread copies of the HTTP series there are; data-plane thread `i` uses copy
+/// `i % HTTP_SHARDS` (`shard.rs`).
+const HTTP_SHARDS: usize = 16;
+
+/// One data-plane thread's HTTP series, on cache lines of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct HttpShard(RwLock<HashMap<HttpKey, HttpSeries>>);
 
 /// One destination's rendered `destination_*` labels.
 pub struct Destination {
@@ -259,7 +297,11 @@ pub struct IstioMetrics {
     source: String,
     cluster_id: String,
     destinations: RwLock<Destinations>,
-    http: RwLock<HashMap<HttpKey, Arc<HttpSeries>>>,
+    /// Per data-plane thread: a request updates only its own thread's counters and takes only
+    /// its own thread's (uncontended) read lock, so the threads do not write the same cache
+    /// lines per request — Envoy and HAProxy keep per-thread statistics the same way. The
+    /// scrape sums them.
+    http: Box<[HttpShard]>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
 }
 
@@ -277,7 +319,7 @@ impl IstioMetrics {
             source: source.render(),
             cluster_id: source.cluster.clone(),
             destinations: RwLock::default(),
-            http: RwLock::default(),
+            http: (0..HTTP_SHARDS).map(|_| HttpShard::default()).collect(),
             tcp: RwLock::default(),
         }
     }
@@ -340,15 +382,21 @@ impl IstioMetrics {
         dest
     }
 
-    fn http_series(&self, key: HttpKey) -> Arc<HttpSeries> {
-        if let Ok(m) = self.http.read()
+    /// Run `f` on this thread's series for `key`, made on first use.
+    fn with_http_series(&self, key: HttpKey, f: impl FnOnce(&HttpSeries)) {
+        let Some(HttpShard(shard)) = self
+            .http
+            .get(usize::from(crate::shard::current()) % HTTP_SHARDS)
+        else {
+            return;
+        };
+        if let Ok(m) = shard.read()
             && let Some(s) = m.get(&key)
         {
-            return s.clone();
+            return f(s);
         }
-        match self.http.write() {
-            Ok(mut m) => m.entry(key).or_default().clone(),
-            Err(_) => Arc::default(),
+        if let Ok(mut m) = shard.write() {
+            f(m.entry(key).or_default());
         }
     }
 
@@ -364,16 +412,34 @@ impl IstioMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let s = self.http_series(HttpKey {
+        let key = HttpKey {
             dest: dest.id,
             code,
             flags,
             grpc,
+        };
+        self.with_http_series(key, |s| {
+            s.requests.fetch_add(1, Ordering::Relaxed);
+            s.duration_ms.observe(duration_ms);
+            s.request_bytes.observe(request_bytes as f64);
+            s.response_bytes.observe(response_bytes as f64);
         });
-        s.requests.fetch_add(1, Ordering::Relaxed);
-        s.duration_ms.observe(duration_ms);
-        s.request_bytes.observe(request_bytes as f64);
-        s.response_bytes.observe(response_bytes as f64);
+    }
+
+    /// The HTTP series summed over the data-plane threads.
+    fn http_sums(&self) -> HashMap<HttpKey, HttpSum> {
+        let mut sums: HashMap<HttpKey, HttpSum> = HashMap::default();
+        for HttpShard(shard) in &self.http {
+            let Ok(m) = shard.read() else { continue };
+            for (k, s) in m.iter() {
+                let sum = sums.entry(*k).or_default();
+                sum.requests += s.requests.load(Ordering::Relaxed);
+                s.duration_ms.add_to(&mut sum.duration_ms);
+                s.request_bytes.add_to(&mut sum.request_bytes);
+                s.response_bytes.add_to(&mut sum.response_bytes);
+            }
+        }
+        sums
     }
 
     fn tcp_series(&self, key: TcpKey) -> Arc<TcpSeries> {
@@ -416,15 +482,12 @@ impl IstioMetrics {
             Err(_) => return,
         };
         let labels_of = |id: u32| dests.get(id as usize).map(|d| d.labels.as_str());
-        let http: Vec<(HttpKey, Arc<HttpSeries>)> = match self.http.read() {
-            Ok(m) => m.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            Err(_) => Vec::new(),
-        };
+        let http = self.http_sums();
         let tcp: Vec<(TcpKey, Arc<TcpSeries>)> = match self.tcp.read() {
             Ok(m) => m.iter().map(|(k, v)| (*k, v.clone())).collect(),
             Err(_) => Vec::new(),
         };
-        let http_labels: Vec<(String, &Arc<HttpSeries>)> = http
+        let http_labels: Vec<(String, &HttpSum)> = http
             .iter()
             .filter_map(|(k, s)| {
                 let mut l = self.source.clone();
@@ -462,27 +525,23 @@ impl IstioMetrics {
             "Requests, by source, destination and response",
         );
         for (l, s) in &http_labels {
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{{l}}} {}",
-                s.requests.load(Ordering::Relaxed)
-            );
+            let _ = writeln!(out, "istio_requests_total{{{l}}} {}", s.requests);
         }
         for (name, help, pick) in [
             (
                 "istio_request_duration_milliseconds",
                 "Request duration until the last response byte",
-                (|s: &HttpSeries| &s.duration_ms) as fn(&HttpSeries) -> &Histogram,
+                (|s: &HttpSum| &s.duration_ms) as fn(&HttpSum) -> &HistogramSum,
             ),
             (
                 "istio_request_bytes",
                 "Request body sizes",
-                |s: &HttpSeries| &s.request_bytes,
+                |s: &HttpSum| &s.request_bytes,
             ),
             (
                 "istio_response_bytes",
                 "Response body sizes",
-                |s: &HttpSeries| &s.response_bytes,
+                |s: &HttpSum| &s.response_bytes,
             ),
         ] {
             header(out, name, "histogram", help);
@@ -531,14 +590,11 @@ impl IstioMetrics {
                 .collect(),
             Err(_) => return 0,
         };
-        match self.http.read() {
-            Ok(m) => m
-                .iter()
-                .filter(|(k, _)| ids.contains(&k.dest))
-                .map(|(_, s)| s.requests.load(Ordering::Relaxed))
-                .sum(),
-            Err(_) => 0,
-        }
+        self.http_sums()
+            .iter()
+            .filter(|(k, _)| ids.contains(&k.dest))
+            .map(|(_, s)| s.requests)
+            .sum()
     }
 }
 
@@ -580,6 +636,66 @@ mod tests {
                 .collect(),
             "Kubernetes",
         )
+    }
+
+    #[test]
+    fn series_of_every_data_plane_thread_are_summed_when_scraped() {
+        let m = Arc::new(IstioMetrics::new(&source()));
+        let dest = m.destination(DestinationKind::Cluster {
+            host: "api.example.test",
+            service: Some("external/api"),
+        });
+        // Threads 0, 1 and 17 (17 shares thread 1's copy): one, two and one requests.
+        let threads: Vec<_> = [(0u16, 1), (1, 2), (17, 1)]
+            .into_iter()
+            .map(|(shard, n)| {
+                let (m, dest) = (m.clone(), dest.clone());
+                std::thread::spawn(move || {
+                    crate::shard::set(shard);
+                    for _ in 0..n {
+                        m.http(&dest, 200, "-", false, 3.0, 100, 2000);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let used = m
+            .http
+            .iter()
+            .filter(|HttpShard(s)| !s.read().unwrap().is_empty())
+            .count();
+        assert_eq!(
+            used, 2,
+            "one copy per data-plane thread (modulo {HTTP_SHARDS})"
+        );
+        assert_eq!(m.requests_for("api.example.test"), 4);
+        let mut out = String::new();
+        m.encode(&mut out);
+        let value = |prefix: &str| {
+            out.lines()
+                .find(|l| l.starts_with(prefix) && l.contains("response_code=\"200\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(value("istio_requests_total{").as_deref(), Some("4"));
+        assert_eq!(
+            value("istio_request_duration_milliseconds_count{").as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            value("istio_request_duration_milliseconds_sum{").as_deref(),
+            Some("12")
+        );
+        assert_eq!(value("istio_response_bytes_sum{").as_deref(), Some("8000"));
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("istio_request_bytes_bucket{")
+                    && l.contains("le=\"100\"")
+                    && l.ends_with(" 4")),
+            "{out}"
+        );
     }
 
     #[test]
@@ -634,8 +750,10 @@ mod tests {
         for v in [0.2, 0.7, 3.0, 4000.0, 1e9] {
             h.observe(v);
         }
+        let mut sum = HistogramSum::default();
+        h.add_to(&mut sum);
         let mut out = String::new();
-        h.encode(&mut out, "x", "a=\"b\"");
+        sum.encode(&mut out, "x", "a=\"b\"");
         assert!(out.contains("x_bucket{a=\"b\",le=\"0.5\"} 1\n"));
         assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 2\n"));
         assert!(out.contains("x_bucket{a=\"b\",le=\"5\"} 3\n"));
