@@ -280,7 +280,7 @@ async fn policy_route_forward(
     let Some(vhost) = vhost else {
         // `host` borrows `authority`, which moves into the outcome.
         let host = host.into_owned();
-        return outbound_policy(proxy, conn, req, &host, port, out, authority).await;
+        return outbound_policy(proxy, rt, conn, req, &host, port, out, authority).await;
     };
     // First matching route wins.
     let Some((route, matched)) = vhost
@@ -402,8 +402,10 @@ fn normalize_request(
 
 /// ALLOW_ANY: pass the request through to where it was going (`PassthroughCluster`, no
 /// timeout). REGISTRY_ONLY: 502, Istio's `block_all` direct response.
+#[allow(clippy::too_many_arguments)]
 async fn outbound_policy(
     proxy: &Arc<Proxy>,
+    rt: &Arc<crate::config::Runtime>,
     conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
     host: &str,
@@ -419,8 +421,7 @@ async fn outbound_policy(
         tracing::warn!(target: "policy", host, port, "gateway: no route for this host");
         return (local(StatusCode::NOT_FOUND, ""), out, authority);
     }
-    let rt = proxy.state.load_full();
-    let mode = proxy.outbound_mode(&rt);
+    let mode = proxy.outbound_mode(rt);
     if mode == OutboundMode::RegistryOnly {
         out.status = 502;
         out.flags = "NR";

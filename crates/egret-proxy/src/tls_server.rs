@@ -250,7 +250,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsServerStream<S> {
         if empty {
             return Poll::Ready(Ok(0));
         }
-        loop {
+        // Twice at most: once the queue is written rustls takes plaintext again; if it still
+        // takes nothing (written after shutdown), that is an error rather than a busy loop.
+        for _ in 0..2 {
             let n = put(&mut self.conn.writer())?;
             let sent = self.poll_send(cx)?;
             if n > 0 {
@@ -262,6 +264,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsServerStream<S> {
                 return Poll::Pending;
             }
         }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "TLS: the connection takes no more data",
+        )))
     }
 }
 
