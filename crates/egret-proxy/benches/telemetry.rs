@@ -135,7 +135,7 @@ fn one_request(tel: &Arc<Telemetry>, rt: &Arc<TelemetryRuntime>, conn: &Arc<Conn
     let body = http_body_util::Full::new(Bytes::from_static(b"ok\n"))
         .map_err(|never| match never {})
         .boxed();
-    let mut body = Recorded::new(body, Box::new(rec));
+    let mut body = Recorded::new(body, Box::new(rec), (None, None));
     let mut cx = Context::from_waker(Waker::noop());
     // The body's only frame; being the end of the stream, it finishes the record.
     let polled = std::pin::Pin::new(&mut body).poll_frame(&mut cx);

@@ -49,7 +49,17 @@ struct Outcome {
     cluster: String,
     upstream: Option<SocketAddr>,
     route: String,
+    /// The endpoint's in-flight count and the circuit-breaker slots: held until the response
+    /// body has been sent (`Recorded`).
+    in_flight: InFlight,
 }
+
+/// What a request holds while it is in flight on an endpoint (LEAST_REQUEST's count, circuit
+/// breaking's slots).
+pub type InFlight = (
+    Option<crate::upstream::LoadGuard>,
+    Option<crate::circuit::Admission>,
+);
 
 /// Serve one request on a connection. Never fails: every problem is a response.
 pub async fn handle(
@@ -118,6 +128,7 @@ pub async fn handle(
         .snapshot
         .cluster(&out.cluster)
         .map(|c| (c.host.as_str(), c.service.as_deref()));
+    let in_flight = out.in_flight;
     rec.responded(
         HttpOutcome {
             status: out.status,
@@ -130,7 +141,7 @@ pub async fn handle(
         authority,
         cluster,
     );
-    Ok(resp.map(|b| Recorded::new(b, rec).boxed()))
+    Ok(resp.map(|b| Recorded::new(b, rec, in_flight).boxed()))
 }
 
 /// Envoy logs an absent value as `-`.
@@ -208,6 +219,7 @@ async fn policy_route_forward(
         cluster: String::new(),
         upstream: None,
         route: String::new(),
+        in_flight: (None, None),
     };
     let Some(authority) = authority_of(&req) else {
         out.status = 400;
@@ -473,7 +485,10 @@ async fn outbound_policy(
     };
     out.upstream = Some(addr);
     let sent = match up {
-        Up::H1(c) => exchange(addr, c, req, None).await,
+        Up::H1(c) => {
+            let (head, body) = req.into_parts();
+            exchange(addr, c, &head, body, None).await
+        }
         Up::H1Upgrade(s) => exchange_upgrade(addr, s, req, downstream_upgrade, None).await,
         Up::H2(_) => Err(SendError::Reset(format!("{addr}: not HTTP/1"), false)),
     };
@@ -1071,15 +1086,20 @@ async fn forward(
             res::Body::Failed => ReqBody::default(),
         };
         let can_replay = matches!(body, res::Body::Buffered(_));
-        let mut up_req = Request::new(up_body);
-        *up_req.method_mut() = head.method.clone();
-        *up_req.uri_mut() = head.uri.clone();
-        *up_req.version_mut() = head.version;
-        // The last attempt that can use the headers takes them; earlier ones copy.
-        *up_req.headers_mut() = if !can_replay || attempt >= max_attempts {
-            std::mem::take(&mut head.headers)
-        } else {
-            head.headers.clone()
+        // egret's HTTP/1.1 client writes the head from a borrow (nothing copied per attempt);
+        // hyper's clients (upgrades, HTTP/2) own theirs: the last attempt that can use the
+        // headers takes them, earlier ones copy.
+        let mut owned_request = |up_body: ReqBody| {
+            let mut up_req = Request::new(up_body);
+            *up_req.method_mut() = head.method.clone();
+            *up_req.uri_mut() = head.uri.clone();
+            *up_req.version_mut() = head.version;
+            *up_req.headers_mut() = if !can_replay || attempt >= max_attempts {
+                std::mem::take(&mut head.headers)
+            } else {
+                head.headers.clone()
+            };
+            up_req
         };
         // This attempt's time: the per-try timeout, within what is left of the route's.
         let now = Instant::now();
@@ -1095,13 +1115,14 @@ async fn forward(
             (None, None) => (None, false),
         };
         let res = match upstream {
-            Up::H1(c) => exchange(picked.addr, c, up_req, timeout).await,
+            Up::H1(c) => exchange(picked.addr, c, &head, up_body, timeout).await,
             Up::H1Upgrade(sender) => {
                 let down = downstream_upgrade.take();
+                let up_req = owned_request(up_body);
                 exchange_upgrade(picked.addr, sender, up_req, down, timeout).await
             }
             Up::H2(mut sender) => {
-                let up_req = to_h2(up_req, tls.is_some(), &authority);
+                let up_req = to_h2(owned_request(up_body), tls.is_some(), &authority);
                 let send = sender.send_request(up_req);
                 let r = match timeout {
                     Some(t) => tokio::time::timeout(t, send)
@@ -1148,19 +1169,8 @@ async fn forward(
                 apply_headers(r.headers_mut(), &dest.response_headers);
                 apply_headers(r.headers_mut(), &route.response_headers);
                 // In flight until the response body has been sent (LEAST_REQUEST, circuit
-                // breaking).
-                let r = if picked.load.is_some() || admission.is_some() {
-                    let guard = (picked.load, admission);
-                    r.map(|b| {
-                        Guarded {
-                            inner: b,
-                            _guard: guard,
-                        }
-                        .boxed()
-                    })
-                } else {
-                    r
-                };
+                // breaking): `handle` gives these to the body's `Recorded`.
+                out.in_flight = (picked.load, admission);
                 return (r, out);
             }
             Err(SendError::Timeout) => {
@@ -1277,16 +1287,18 @@ impl From<UpstreamError> for SendError {
 async fn exchange(
     addr: SocketAddr,
     conn: crate::h1::client::Conn,
-    req: Request<ReqBody>,
+    head: &http::request::Parts,
+    body: ReqBody,
     timeout: Option<Duration>,
 ) -> Result<Response<RespBody>, SendError> {
+    let send = |body| conn.send_head(&head.method, &head.uri, &head.headers, body);
     // Each branch makes its own send future: one future held across an await in both would
     // be stored twice in this function's state (once bare, once inside the timeout).
     let resp = match timeout {
-        Some(t) => tokio::time::timeout(t, conn.send(req))
+        Some(t) => tokio::time::timeout(t, send(body))
             .await
             .map_err(|_| SendError::Timeout)?,
-        None => conn.send(req).await,
+        None => send(body).await,
     }
     .map_err(|e| SendError::Reset(format!("{addr}: {e}"), false))?;
     let mut resp = resp.map(|b| b.boxed());
@@ -1353,36 +1365,6 @@ pub fn bad_request(msg: &'static str) -> Response<RespBody> {
 
 pub fn is_connect(req: &Request<Incoming>) -> bool {
     req.method() == Method::CONNECT
-}
-
-/// A response body that keeps its endpoint's in-flight count and its circuit-breaker slots
-/// until it is dropped.
-struct Guarded {
-    inner: RespBody,
-    _guard: (
-        Option<crate::upstream::LoadGuard>,
-        Option<crate::circuit::Admission>,
-    ),
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

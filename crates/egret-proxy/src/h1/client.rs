@@ -229,13 +229,25 @@ impl Conn {
     /// Send `req` (origin-form URI, headers without hop-by-hop ones) and read the response
     /// head. The connection travels with the response body and returns to its pool when the
     /// body has been read; dropping the future or the body closes it.
-    pub async fn send(mut self, req: Request<ReqBody>) -> Result<Response<Body>, Error> {
+    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<Body>, Error> {
         let (parts, body) = req.into_parts();
-        let head_request = parts.method == Method::HEAD;
+        self.send_head(&parts.method, &parts.uri, &parts.headers, body)
+            .await
+    }
+
+    /// [`Conn::send`] from a borrowed request head: the head is written at once, so a caller
+    /// that may replay the request (retries) keeps its head instead of copying it per attempt.
+    pub async fn send_head(
+        mut self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: ReqBody,
+    ) -> Result<Response<Body>, Error> {
+        let head_request = method == Method::HEAD;
         // A caller that asks to close (never the proxied path: http.rs strips `connection`).
-        let close_requested = has_token(&parts.headers, header::CONNECTION, "close");
-        self.write_request(&parts.method, &parts.uri, &parts.headers, body)
-            .await?;
+        let close_requested = has_token(headers, header::CONNECTION, "close");
+        self.write_request(method, uri, headers, body).await?;
         let head = loop {
             if let Some(h) = parse_head(&mut self.buf)? {
                 // 1xx answers (100 Continue, 103 Early Hints) precede the real one; 101 is

@@ -288,17 +288,26 @@ impl Fields for HttpRecord {
 pub struct Recorded {
     inner: crate::http::RespBody,
     rec: Option<Box<HttpRecord>>,
+    /// Released when the body has been sent (or dropped): the request counts as in flight on
+    /// its endpoint and in its circuit breaker until then.
+    in_flight: crate::http::InFlight,
 }
 
 impl Recorded {
-    pub fn new(inner: crate::http::RespBody, rec: Box<HttpRecord>) -> Recorded {
+    pub fn new(
+        inner: crate::http::RespBody,
+        rec: Box<HttpRecord>,
+        in_flight: crate::http::InFlight,
+    ) -> Recorded {
         Recorded {
             inner,
             rec: Some(rec),
+            in_flight,
         }
     }
 
     fn done(&mut self, error: bool, complete: bool) {
+        self.in_flight = (None, None);
         if let Some(mut r) = self.rec.take() {
             r.finish(error, complete);
         }
