@@ -533,3 +533,113 @@ impl Fields for L4Record {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use egret_model::snapshot::ConnectionPool;
+    use http_body_util::BodyExt as _;
+    use hyper::body::{Body, Frame};
+
+    use super::*;
+    use crate::circuit::Breaker;
+    use crate::proxy::Mode;
+    use crate::telemetry::SourceLabels;
+
+    /// A response body of `left` one-byte frames, all ready at once.
+    struct Frames {
+        left: usize,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = crate::body::BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            self.left -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.left == 0
+        }
+    }
+
+    fn record() -> Box<HttpRecord> {
+        let source = SourceLabels::from_workload(
+            "app",
+            "default",
+            None,
+            &std::collections::BTreeMap::new(),
+            "Kubernetes",
+        );
+        let tel = Arc::new(Telemetry::new(&source));
+        let rt = Arc::new(TelemetryRuntime::default());
+        let conn = Arc::new(ConnInfo {
+            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            orig_dst: None,
+            mode: Mode::Explicit,
+            default_port: 80,
+            sni: None,
+            peer_identity: None,
+            tunnel_host: None,
+        });
+        let mut req = Request::get("/")
+            .header("host", "api.test")
+            .body(())
+            .unwrap();
+        Box::new(HttpRecord::start(&tel, &rt, &conn, &mut req))
+    }
+
+    /// The request keeps its circuit-breaker slot (and its endpoint's in-flight count, held
+    /// the same way) until the response body has been sent, or dropped unsent.
+    #[tokio::test]
+    async fn in_flight_slots_are_held_until_the_body_is_sent_or_dropped() {
+        let pool = ConnectionPool {
+            http2_max_requests: 1,
+            ..ConnectionPool::default()
+        };
+        let breaker = Breaker::new(&pool);
+        let mut cx = Context::from_waker(Waker::noop());
+
+        let slot = breaker.admit_http(false).await.unwrap();
+        let body = Frames { left: 2 }.boxed();
+        let mut body = Recorded::new(body, record(), (None, Some(slot)));
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(
+            breaker.admit_http(false).await.is_err(),
+            "half-sent: still in flight"
+        );
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        // Sent, though the body itself is not dropped yet.
+        let next = breaker.admit_http(false).await.unwrap();
+
+        let body = Frames { left: 2 }.boxed();
+        let mut body = Recorded::new(body, record(), (None, Some(next)));
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(breaker.admit_http(false).await.is_err());
+        drop(body);
+        assert!(
+            breaker.admit_http(false).await.is_ok(),
+            "a body dropped unsent gives its slot back"
+        );
+    }
+}
