@@ -24,7 +24,7 @@ use egret_model::snapshot::{
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -32,6 +32,7 @@ use crate::body::InBody;
 use crate::config::Runtime;
 use crate::detect::{self, Detected};
 use crate::h1::server::Served;
+use crate::h1::timeouts::{Expired, Timeouts};
 use crate::http::{self as h, RespBody};
 use crate::io::PrefixedIo;
 use crate::metrics::Metrics;
@@ -101,6 +102,8 @@ pub struct Proxy {
     pub detect_timeout: Duration,
     /// How long to wait for a complete TLS ClientHello.
     pub hello_timeout: Duration,
+    /// Downstream HTTP connections: idle, stream-idle and request-headers timeouts.
+    pub timeouts: Timeouts,
     /// This proxy's mesh identity: the sidecar's side of the tunnel is in the cluster runtime;
     /// a gateway accepts the tunnel with it.
     pub mesh: Option<Arc<crate::mesh::MeshTls>>,
@@ -124,6 +127,7 @@ impl Proxy {
             own_ports: Vec::new(),
             detect_timeout: Duration::from_millis(500),
             hello_timeout: Duration::from_secs(5),
+            timeouts: Timeouts::default(),
             mesh: None,
             allow_direct: false,
             own_identity: None,
@@ -256,7 +260,7 @@ impl Proxy {
         // while idle); anything else — HTTP/2 (h2c), upgrades, streamed uploads, malformed
         // heads — goes to hyper with the bytes read so far, as before.
         let (me, c) = (self.clone(), conn.clone());
-        let served = crate::h1::server::serve(stream, prefix, move |req| {
+        let served = crate::h1::server::serve(stream, prefix, self.timeouts, move |req| {
             let (p, c) = (me.clone(), c.clone());
             Box::pin(async move {
                 match h::handle(p, c, req).await {
@@ -266,8 +270,10 @@ impl Proxy {
             })
         })
         .await;
-        let Served::HandOff { read, io } = served else {
-            return;
+        let (read, io) = match served {
+            Served::HandOff { read, io } => (read, io),
+            Served::Closed => return,
+            Served::TimedOut(e) => return self.timed_out(e, &conn),
         };
         // Boxed: hyper's connection state would otherwise be part of every connection's task.
         Box::pin(self.serve_http_hyper(io, read, conn)).await
@@ -279,6 +285,7 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let me = self.clone();
+        let conn_info = conn.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
             let c = conn.clone();
@@ -288,12 +295,46 @@ impl Proxy {
             // (issue 8: memory per idle keep-alive connection).
             async move { Box::pin(h::handle(p, c, req.map(InBody::from))).await }
         });
-        let io = TokioIo::new(PrefixedIo::new(prefix, stream));
-        if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(io, svc)
-            .await
-        {
-            tracing::debug!("downstream HTTP connection ended: {e}");
+        let timeouts = self.timeouts;
+        let served = crate::idle::serve(PrefixedIo::new(prefix, stream), timeouts.idle, |io| {
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.request_headers);
+            async move {
+                b.serve_connection_with_upgrades(TokioIo::new(io), svc)
+                    .await
+            }
+        })
+        .await;
+        match served {
+            None => self.timed_out(Expired::Idle, &conn_info),
+            // hyper's `header_read_timeout` closes without a response.
+            Some(Err(e))
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout) =>
+            {
+                self.timed_out(Expired::RequestHeaders, &conn_info)
+            }
+            Some(Err(e)) => tracing::debug!("downstream HTTP connection ended: {e}"),
+            Some(Ok(())) => {}
+        }
+    }
+
+    /// A downstream HTTP connection closed by one of its timeouts: counted and logged with
+    /// the reason (Envoy's `downstream_cx_idle_timeout`, and the `408`s of
+    /// `request_header_timeout` / `stream_idle_timeout`).
+    fn timed_out(&self, e: Expired, conn: &ConnInfo) {
+        let (outcome, reason) = match e {
+            Expired::Idle => ("idle_timeout", "idle_timeout"),
+            Expired::StreamIdle => ("request_timeout", "stream_idle_timeout"),
+            Expired::RequestHeaders => ("request_timeout", "request_header_timeout"),
+        };
+        self.metrics.connection(outcome, "http");
+        if e == Expired::Idle {
+            tracing::debug!(peer = %conn.peer, reason, "downstream connection closed");
+        } else {
+            tracing::warn!(target: "policy", peer = %conn.peer, reason, "downstream request timed out: connection closed");
         }
     }
 
@@ -611,12 +652,15 @@ impl Proxy {
         let me = self.clone();
         // What the requests of this connection share, made once per connection.
         let conn = Arc::new(ConnInfo::new(peer, None, Mode::Explicit, 80));
-        let served = crate::h1::server::serve(stream, Bytes::new(), move |req| {
-            Box::pin(me.clone().explicit_request(req, conn.clone()))
+        let c = conn.clone();
+        let served = crate::h1::server::serve(stream, Bytes::new(), self.timeouts, move |req| {
+            Box::pin(me.clone().explicit_request(req, c.clone()))
         })
         .await;
-        let Served::HandOff { read, io } = served else {
-            return;
+        let (read, io) = match served {
+            Served::HandOff { read, io } => (read, io),
+            Served::Closed => return,
+            Served::TimedOut(e) => return self.timed_out(e, &conn),
         };
         Box::pin(self.serve_explicit_hyper(PrefixedIo::new(read, io), peer)).await
     }
@@ -628,6 +672,7 @@ impl Proxy {
     ) {
         let me = self.clone();
         let conn = Arc::new(ConnInfo::new(peer, None, Mode::Explicit, 80));
+        let conn_info = conn.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let p = me.clone();
             let conn = conn.clone();
@@ -636,12 +681,23 @@ impl Proxy {
                 Ok::<_, Infallible>(Box::pin(p.explicit_request(req.map(InBody::from), conn)).await)
             }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades()
-            .await
-        {
-            tracing::debug!("explicit proxy connection ended: {e}");
+        let timeouts = self.timeouts;
+        let served = crate::idle::serve(stream, timeouts.idle, |io| {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(timeouts.request_headers);
+            async move {
+                b.serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades()
+                    .await
+            }
+        })
+        .await;
+        match served {
+            None => self.timed_out(Expired::Idle, &conn_info),
+            Some(Err(e)) if e.is_timeout() => self.timed_out(Expired::RequestHeaders, &conn_info),
+            Some(Err(e)) => tracing::debug!("explicit proxy connection ended: {e}"),
+            Some(Ok(())) => {}
         }
     }
 

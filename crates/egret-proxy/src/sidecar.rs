@@ -27,6 +27,9 @@ pub struct SidecarOptions {
     /// How long in-flight connections may take to finish after SIGTERM.
     pub drain: Duration,
     pub detect_timeout: Duration,
+    /// Downstream HTTP connections: idle, stream-idle and request-headers timeouts (Envoy's
+    /// HTTP connection manager defaults, request headers bounded too).
+    pub timeouts: crate::h1::timeouts::Timeouts,
     /// Gateway role: serve the Gateway servers' ports of the snapshot.
     pub gateway: Option<GatewayListen>,
 }
@@ -292,6 +295,7 @@ pub async fn start_on(
     let state = Arc::new(ArcSwap::from_pointee(first));
     let mut proxy = Proxy::new(state.clone(), metrics.clone());
     proxy.detect_timeout = opts.detect_timeout;
+    proxy.timeouts = opts.timeouts;
     proxy.mesh = opts.source.mesh.clone();
     proxy.policy = opts.source.policy.clone();
     if opts.gateway.is_none() {
@@ -408,8 +412,8 @@ pub async fn start_on(
     if let Some(g) = opts.gateway.clone() {
         let mut handles = std::collections::BTreeMap::new();
         for ((port, l), (_, addr)) in gateway_ls.into_iter().zip(&gateway_addrs) {
-            // The ports of the first snapshot are served on every data-plane thread; a port
-            // added by a reload is served on this runtime.
+            // Every Gateway server port is served on every data-plane thread, the ports of
+            // the first snapshot and those a reload adds alike.
             let mut loops = Vec::new();
             spawn_accepts(l, Accepted::Gateway(port), &accept, workers, &mut loops)?;
             handles.insert(port, (*addr, loops));
@@ -421,6 +425,7 @@ pub async fn start_on(
         let poll = opts.source.poll;
         let bound = gateway_bound.clone();
         let accept = accept.clone();
+        let workers = workers.to_vec();
         tasks.push(tokio::spawn(async move {
             loop {
                 if let Ok(mut b) = bound.lock() {
@@ -449,14 +454,24 @@ pub async fn start_on(
                         .get(&port)
                         .copied()
                         .unwrap_or(SocketAddr::new(g.bind, port));
-                    match TcpListener::bind(addr).await {
-                        Ok(l) => {
-                            let local = l.local_addr().unwrap_or(addr);
-                            tracing::info!(target: "config", port, addr = %local, "Gateway server port added: listening");
-                            handles.insert(port, (local, vec![tokio::spawn(accept(l, Accepted::Gateway(port)))]));
+                    // As at start: this runtime's socket, and one `SO_REUSEPORT` socket per
+                    // worker thread on the same address.
+                    let mut loops = Vec::new();
+                    let listening = bind_data(addr, &workers).and_then(|l| {
+                        let local = l.local_addr().unwrap_or(addr);
+                        spawn_accepts(l, Accepted::Gateway(port), &accept, &workers, &mut loops)
+                            .map(|()| local)
+                    });
+                    match listening {
+                        Ok(local) => {
+                            tracing::info!(target: "config", port, addr = %local, threads = loops.len(), "Gateway server port added: listening");
+                            handles.insert(port, (local, loops));
                         }
                         // Retried on the next poll; the rest of the snapshot is served.
-                        Err(e) => tracing::warn!(target: "config", port, %addr, "cannot listen for the Gateway server port: {e}"),
+                        Err(e) => {
+                            loops.iter().for_each(|h| h.abort());
+                            tracing::warn!(target: "config", port, %addr, "cannot listen for the Gateway server port: {e}");
+                        }
                     }
                 }
             }

@@ -506,3 +506,90 @@ spec:
     assert_eq!(get(gw.addr(8080), "cnn.test", "/", &[]).await.status, 200);
     assert!(tokio::net::TcpStream::connect(old).await.is_err());
 }
+
+/// A Gateway server port added by a reload is served by every data-plane thread, as the ports
+/// of the first snapshot are: each thread gets its own `SO_REUSEPORT` socket on the new port.
+#[tokio::test]
+async fn port_added_by_reload_is_served_on_every_thread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-threads", &ca, &["cnn.test"]);
+    let yaml = |ports: &[u16]| {
+        let servers: String = ports
+            .iter()
+            .map(|p| format!("  - port: {{number: {p}, name: http-{p}, protocol: HTTP}}\n    hosts: [cnn.test]\n"))
+            .collect();
+        format!(
+            "{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+{servers}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [cnn.test]
+  gateways: [istio-system/istio-egressgateway]
+  http:
+  - route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
+",
+            external_se("cnn.test", &cnn)
+        )
+    };
+    let (worker, _stop) = worker_thread(1);
+    let gw = Sidecar::gateway_workers(
+        &yaml(&[80]),
+        LABELS,
+        &[80, 8080],
+        None,
+        true,
+        std::slice::from_ref(&worker),
+    )
+    .await;
+    gw.reconfigure(&yaml(&[80, 8080])).await;
+    let mut added = None;
+    for _ in 0..100 {
+        added = gw
+            .running
+            .gateway_ports()
+            .into_iter()
+            .find(|(p, _)| *p == 8080);
+        if added.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let addr = added.expect("a listener for the added port").1;
+    let here = tokio::runtime::Handle::current();
+    let (here0, worker0) = (
+        here.metrics().num_alive_tasks(),
+        worker.metrics().num_alive_tasks(),
+    );
+    // 32 keep-alive connections held open: the kernel spreads them over the sockets of the
+    // port (all on one of two: probability 2^-31).
+    let mut conns = Vec::new();
+    for _ in 0..32 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: cnn.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        conns.push(c);
+    }
+    let (here1, worker1) = (
+        here.metrics().num_alive_tasks(),
+        worker.metrics().num_alive_tasks(),
+    );
+    assert!(
+        here1 > here0 && worker1 > worker0,
+        "connections on this runtime: {here0} -> {here1}, on the worker: {worker0} -> {worker1}"
+    );
+    drop(conns);
+}

@@ -506,25 +506,6 @@ async fn connect_authority_must_match_the_inner_sni() {
     );
 }
 
-/// A data-plane thread: a single-threaded runtime on its own thread, shard `i` (as
-/// `egret sidecar --concurrency` starts them). Dropping the sender stops it.
-fn worker_thread(i: u16) -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
-    let (htx, hrx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        egret_proxy::shard::set(i);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        htx.send(rt.handle().clone()).unwrap();
-        rt.block_on(async {
-            let _ = stopped.await;
-        });
-    });
-    (hrx.recv().unwrap(), stop)
-}
-
 /// Thread per core: every data-plane thread accepts on its own `SO_REUSEPORT` socket of the
 /// listener, serves the connections it accepted itself and reuses its own upstream connections.
 #[tokio::test]

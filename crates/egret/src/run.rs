@@ -75,6 +75,42 @@ pub struct SidecarArgs {
     log_format: String,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+/// Downstream HTTP timeouts, common to both roles (Envoy's HTTP connection manager; Istio
+/// exposes none of them in its API). Durations as Istio writes them (`1h`, `300s`, `500ms`);
+/// `0s` disables one.
+#[derive(Args, Debug)]
+pub struct TimeoutArgs {
+    /// Close a client connection with no request in progress after this long (Envoy
+    /// `idle_timeout`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Answer 408 and close when a request's head or body, or the client's taking of the
+    /// response, makes no progress for this long (Envoy `stream_idle_timeout`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    stream_idle_timeout: Duration,
+    /// Answer 408 and close when a request head takes longer than this in all (Envoy
+    /// `request_headers_timeout`, disabled by default there; bounded here against slowloris).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_headers_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    egret_config::types::common::Duration::parse(s).map(|d| d.to_std())
+}
+
+impl TimeoutArgs {
+    fn timeouts(&self) -> egret_proxy::h1::timeouts::Timeouts {
+        let some = |d: Duration| (!d.is_zero()).then_some(d);
+        egret_proxy::h1::timeouts::Timeouts {
+            idle: some(self.idle_timeout),
+            stream_idle: some(self.stream_idle_timeout),
+            request_headers: some(self.request_headers_timeout),
+        }
+    }
 }
 
 /// Policy options common to both roles.
@@ -177,6 +213,8 @@ pub struct GatewayArgs {
     log_format: String,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
 }
 
 /// Labels from `--labels`, plus `--locality` as the `istio-locality` label.
@@ -276,6 +314,7 @@ pub fn gateway(a: GatewayArgs) -> ExitCode {
         admin: SocketAddr::new(a.admin_bind, a.admin_port),
         drain: Duration::from_secs(a.drain_seconds),
         detect_timeout: Duration::from_millis(500),
+        timeouts: a.timeouts.timeouts(),
         gateway: Some(sidecar::GatewayListen {
             bind: a.bind,
             map,
@@ -457,6 +496,7 @@ pub fn sidecar(a: SidecarArgs) -> ExitCode {
         admin: SocketAddr::new(a.admin_bind, a.admin_port),
         drain: Duration::from_secs(a.drain_seconds),
         detect_timeout: Duration::from_millis(a.detect_timeout_ms),
+        timeouts: a.timeouts.timeouts(),
         gateway: None,
     };
     serve(opts, set_level, a.concurrency, "egret sidecar ready")

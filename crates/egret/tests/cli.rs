@@ -300,6 +300,8 @@ spec:
             &admin.to_string(),
             "--drain-seconds",
             "2",
+            "--request-headers-timeout",
+            "300ms",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -323,6 +325,19 @@ spec:
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(ready, "sidecar never became ready");
+    // `--request-headers-timeout`: a head that never ends is answered 408 and closed.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(b"GET http://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\n")
+            .unwrap();
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        assert!(r.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{r}");
+        assert!(r.ends_with("request header timeout"), "{r}");
+    }
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -355,6 +370,15 @@ spec:
         err.contains("egret sidecar ready") && err.contains("draining"),
         "{err}"
     );
+    assert!(err.contains("reason=\"request_header_timeout\""), "{err}");
+}
+
+#[test]
+fn timeout_flags_take_istio_durations() {
+    let o = egret(&["sidecar", "--idle-timeout", "5x", "--namespace", "default"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--idle-timeout") && err.contains("5x"), "{err}");
 }
 
 #[test]

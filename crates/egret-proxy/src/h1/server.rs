@@ -24,9 +24,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::InBody;
+use crate::h1::timeouts::{Expired, Phase, Timed, Timeouts};
 use crate::http::RespBody;
 
 /// The largest request head served here; a longer one goes to hyper (which allows ~400 KiB
@@ -49,19 +50,25 @@ pub enum Served<S> {
     /// Not for this server: hyper must serve the connection from `read`, every byte read from
     /// `io` and not consumed by a request served here.
     HandOff { read: Bytes, io: S },
+    /// Closed by one of the connection's [`Timeouts`]. A request whose head or body stopped
+    /// arriving was answered `408` first (Envoy: "request header timeout" / "stream timeout");
+    /// an idle connection is closed without a word, as Envoy's `idle_timeout` does for HTTP/1.
+    TimedOut(Expired),
 }
 
 /// Serve HTTP/1.1 requests on `io`, whose first bytes (`prefix`) protocol detection already
-/// read, until the connection closes or a request needs hyper.
-pub async fn serve<S, F, Fut>(mut io: S, prefix: Bytes, handler: F) -> Served<S>
+/// read, until the connection closes, a timeout ends it, or a request needs hyper.
+pub async fn serve<S, F, Fut>(io: S, prefix: Bytes, limits: Timeouts, handler: F) -> Served<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     F: Fn(Request<InBody>) -> Fut,
     Fut: Future<Output = Response<RespBody>>,
 {
+    let mut io = Timed::new(io, limits);
     let mut buf = BytesMut::from(prefix);
     loop {
         // Read until one whole head (and its body) is buffered.
+        io.set_phase(Phase::Idle);
         let (req, body_len, mut keep_alive) = loop {
             if !buf.is_empty() {
                 match parse(&mut buf) {
@@ -73,10 +80,10 @@ where
                     Parsed::HandOff => {
                         return Served::HandOff {
                             read: buf.freeze(),
-                            io,
+                            io: io.into_inner(),
                         };
                     }
-                    Parsed::Partial => {}
+                    Parsed::Partial => io.set_phase(Phase::Head),
                 }
             } else {
                 // Idle between requests: drop the last request's allocation so that an idle
@@ -86,13 +93,16 @@ where
             match read_some(&mut io, &mut buf).await {
                 // A clean close between requests, or EOF inside a head: hyper closes too
                 // (an incomplete message gets no response).
-                Ok(0) | Err(_) => return Served::Closed,
+                Ok(0) => return Served::Closed,
+                Err(_) => return timed_out(io, !buf.is_empty()).await,
                 Ok(_) => {}
             }
         };
+        io.set_phase(Phase::Stream);
         while buf.len() < body_len {
             match read_some(&mut io, &mut buf).await {
-                Ok(0) | Err(_) => return Served::Closed,
+                Ok(0) => return Served::Closed,
+                Err(_) => return timed_out(io, true).await,
                 Ok(_) => {}
             }
         }
@@ -101,12 +111,57 @@ where
         let resp = handler(req.map(|()| body)).await;
         keep_alive &= write_response(&mut io, resp, head_request).await;
         if !keep_alive {
+            if let Some(e) = io.expired() {
+                // The client stopped taking the response: nothing more can be said to it.
+                return Served::TimedOut(e);
+            }
             // hyper shuts the write side down after the last response (TLS: close_notify).
             let _ = io.shutdown().await;
             return Served::Closed;
         }
     }
 }
+
+/// A read failed: closed by a timeout (a started request is answered `408` first, as Envoy
+/// does), or an I/O error (closed).
+async fn timed_out<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: Timed<S>,
+    started: bool,
+) -> Served<S> {
+    let Some(e) = io.expired() else {
+        return Served::Closed;
+    };
+    if started {
+        let body: &[u8] = match e {
+            Expired::RequestHeaders => b"request header timeout",
+            _ => b"stream timeout",
+        };
+        let mut msg = Vec::with_capacity(160);
+        msg.extend_from_slice(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: ");
+        msg.extend_from_slice(body.len().to_string().as_bytes());
+        msg.extend_from_slice(b"\r\ncontent-type: text/plain\r\nconnection: close\r\ndate: ");
+        put_date(&mut msg);
+        msg.extend_from_slice(b"\r\n\r\n");
+        msg.extend_from_slice(body);
+        // Bounded like any response: a client that takes nothing is dropped at `stream_idle`.
+        io.set_phase(Phase::Stream);
+        if io.write_all(&msg).await.is_ok() && io.shutdown().await.is_ok() {
+            // A short lingering close (nginx's `lingering_close`, hyper's too): closing with
+            // unread bytes from the client would reset the connection, and a reset can
+            // discard the 408 before the client reads it.
+            let mut sink = [0u8; 512];
+            let _ = tokio::time::timeout(LINGER, async {
+                while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+    }
+    Served::TimedOut(e)
+}
+
+/// How long a connection closed by a request timeout keeps reading what the client still
+/// sends, so that its `408` is not lost to a reset.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 thread_local! {
     /// Every connection on this thread reads through this buffer, then keeps only the bytes
@@ -675,6 +730,7 @@ mod tests {
                 }
                 "/fail" => Response::new(Failing(1).boxed()),
                 "/big" => Response::new(full("x".repeat(200_000))),
+                "/endless" => Response::new(Endless.boxed()),
                 _ => Response::new(full(text)),
             };
             resp.headers_mut()
@@ -724,6 +780,21 @@ mod tests {
         }
     }
 
+    /// 64 KiB data frames, always ready, never ending.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            static CHUNK: [u8; 65536] = [b'e'; 65536];
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+        }
+    }
+
     /// Yields `n` data frames, then fails.
     struct Failing(usize);
 
@@ -744,11 +815,18 @@ mod tests {
 
     /// A loopback server running `serve` on one accepted connection.
     async fn start(handler: Handler) -> (SocketAddr, JoinHandle<Served<TcpStream>>) {
+        start_timed(handler, Timeouts::default()).await
+    }
+
+    async fn start_timed(
+        handler: Handler,
+        limits: Timeouts,
+    ) -> (SocketAddr, JoinHandle<Served<TcpStream>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            serve(s, Bytes::new(), handler).await
+            serve(s, Bytes::new(), limits, handler).await
         });
         (addr, task)
     }
@@ -800,6 +878,145 @@ mod tests {
         }
         assert_eq!(read_all(&mut c).await, two_responses());
         assert!(matches!(task.await.unwrap(), Served::Closed));
+    }
+
+    fn ms(n: u64) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(n))
+    }
+
+    /// A test's upper bound on a server that must end by itself (not a timing assertion: the
+    /// limits under test are a few hundred milliseconds).
+    async fn ended(task: JoinHandle<Served<TcpStream>>) -> Served<TcpStream> {
+        tokio::time::timeout(std::time::Duration::from_secs(20), task)
+            .await
+            .expect("the server ends the connection")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_counts_from_the_last_request() {
+        let limits = Timeouts {
+            idle: ms(300),
+            stream_idle: ms(5000),
+            request_headers: ms(5000),
+        };
+        let (addr, task) = start_timed(echo, limits).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let one = b"GET /a HTTP/1.1\r\nHost: x.test\r\n\r\n";
+        let mut expected = String::new();
+        // Three requests 150 ms apart: 450 ms in all, more than the idle timeout, and the
+        // connection is still served (the timer counts from the last request).
+        for i in 0..3 {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            }
+            c.write_all(one).await.unwrap();
+            expected += &response("GET /a host=x.test hint=Some(0) end=true body=");
+        }
+        // Then nothing: the server closes without a word.
+        assert_eq!(read_all(&mut c).await, expected);
+        assert!(matches!(ended(task).await, Served::TimedOut(Expired::Idle)));
+    }
+
+    #[tokio::test]
+    async fn slowloris_head_gets_408_at_the_request_headers_timeout() {
+        let limits = Timeouts {
+            idle: ms(5000),
+            stream_idle: ms(5000),
+            request_headers: ms(300),
+        };
+        let (addr, task) = start_timed(echo, limits).await;
+        let c = TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = c.into_split();
+        // One header line every 70 ms, never the blank line: always active, never done.
+        let drip = tokio::spawn(async move {
+            wr.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n").await?;
+            for i in 0..300 {
+                tokio::time::sleep(std::time::Duration::from_millis(70)).await;
+                wr.write_all(format!("x-drip-{i}: 1\r\n").as_bytes())
+                    .await?;
+            }
+            Ok::<_, io::Error>(())
+        });
+        let mut out = Vec::new();
+        let _ = rd.read_to_end(&mut out).await;
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nrequest header timeout"), "{text}");
+        assert!(matches!(
+            ended(task).await,
+            Served::TimedOut(Expired::RequestHeaders)
+        ));
+        drip.abort();
+    }
+
+    #[tokio::test]
+    async fn stalled_body_gets_408_at_the_stream_idle_timeout() {
+        let limits = Timeouts {
+            idle: ms(5000),
+            stream_idle: ms(300),
+            request_headers: ms(5000),
+        };
+        let (addr, task) = start_timed(echo, limits).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        let text = read_all(&mut c).await;
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("stream timeout"), "{text}");
+        assert!(matches!(
+            ended(task).await,
+            Served::TimedOut(Expired::StreamIdle)
+        ));
+    }
+
+    #[tokio::test]
+    async fn client_that_stops_reading_is_dropped_at_the_stream_idle_timeout() {
+        let limits = Timeouts {
+            idle: ms(5000),
+            stream_idle: ms(300),
+            request_headers: ms(5000),
+        };
+        let (addr, task) = start_timed(echo, limits).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /endless HTTP/1.1\r\nHost: x.test\r\n\r\n")
+            .await
+            .unwrap();
+        // The response never ends and the client reads none of it: once the socket buffers
+        // are full, no progress for 300 ms ends the connection.
+        assert!(matches!(
+            ended(task).await,
+            Served::TimedOut(Expired::StreamIdle)
+        ));
+        drop(c);
+    }
+
+    #[tokio::test]
+    async fn no_limits_no_timer() {
+        let limits = Timeouts {
+            idle: None,
+            stream_idle: None,
+            request_headers: None,
+        };
+        let (addr, task) = start_timed(echo, limits).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n")
+            .await
+            .unwrap();
+        // Still waiting for the rest of the head well after any of the limits above.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!task.is_finished());
+        c.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+        assert!(read_all(&mut c).await.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(matches!(ended(task).await, Served::Closed));
     }
 
     #[test]
@@ -1035,7 +1252,7 @@ mod tests {
     async fn connection_future_is_small() {
         let (a, b) = tokio::io::duplex(64);
         drop(a);
-        let fut = serve(b, Bytes::new(), echo);
+        let fut = serve(b, Bytes::new(), Timeouts::default(), echo);
         let size = std::mem::size_of_val(&fut);
         // The task of an idle keep-alive connection is this future (plus the socket), where
         // hyper keeps two 8 KiB buffers (issue 8). About 1.3 KiB in a debug build (locals of

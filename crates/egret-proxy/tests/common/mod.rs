@@ -35,6 +35,25 @@ impl Drop for DirGuard {
     }
 }
 
+/// Another data-plane thread (shard `i`) with its own runtime, as `--concurrency` starts;
+/// it runs until the sender is dropped or used.
+pub fn worker_thread(i: u16) -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+    let (htx, hrx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        egret_proxy::shard::set(i);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        htx.send(rt.handle().clone()).unwrap();
+        rt.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    (hrx.recv().unwrap(), stop)
+}
+
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -71,6 +90,24 @@ impl Sidecar {
         identity: Option<&std::path::Path>,
         workers: &[tokio::runtime::Handle],
     ) -> Sidecar {
+        Self::start_full(yaml, labels, identity, workers, Default::default()).await
+    }
+
+    /// A sidecar with these downstream HTTP timeouts.
+    pub async fn start_timeouts(
+        yaml: &str,
+        timeouts: egret_proxy::h1::timeouts::Timeouts,
+    ) -> Sidecar {
+        Self::start_full(yaml, &[], None, &[], timeouts).await
+    }
+
+    async fn start_full(
+        yaml: &str,
+        labels: &[(&str, &str)],
+        identity: Option<&std::path::Path>,
+        workers: &[tokio::runtime::Handle],
+        timeouts: egret_proxy::h1::timeouts::Timeouts,
+    ) -> Sidecar {
         let dir = temp_dir("sidecar");
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -99,6 +136,7 @@ impl Sidecar {
             admin: "127.0.0.1:0".parse().unwrap(),
             drain: Duration::from_secs(2),
             detect_timeout: Duration::from_millis(200),
+            timeouts,
             gateway: None,
         };
         let running = sidecar::start_on(opts, None, workers)
@@ -125,6 +163,18 @@ impl Sidecar {
         ports: &[u16],
         identity: Option<&std::path::Path>,
         allow_direct: bool,
+    ) -> Sidecar {
+        Self::gateway_workers(yaml, labels, ports, identity, allow_direct, &[]).await
+    }
+
+    /// [`Sidecar::gateway_mesh`] whose listeners are also served on `workers`.
+    pub async fn gateway_workers(
+        yaml: &str,
+        labels: &[(&str, &str)],
+        ports: &[u16],
+        identity: Option<&std::path::Path>,
+        allow_direct: bool,
+        workers: &[tokio::runtime::Handle],
     ) -> Sidecar {
         let dir = temp_dir("gateway");
         let config = dir.join("config.yaml");
@@ -154,6 +204,7 @@ impl Sidecar {
             admin: "127.0.0.1:0".parse().unwrap(),
             drain: Duration::from_secs(2),
             detect_timeout: Duration::from_millis(200),
+            timeouts: Default::default(),
             gateway: Some(sidecar::GatewayListen {
                 bind: "127.0.0.1".parse().unwrap(),
                 map: ports
@@ -164,7 +215,9 @@ impl Sidecar {
                 allow_direct,
             }),
         };
-        let running = sidecar::start(opts, None).await.expect("gateway starts");
+        let running = sidecar::start_on(opts, None, workers)
+            .await
+            .expect("gateway starts");
         Sidecar {
             running,
             dir: DirGuard(dir),
