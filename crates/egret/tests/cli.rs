@@ -378,7 +378,10 @@ fn timeout_flags_take_istio_durations() {
     let o = egret(&["sidecar", "--idle-timeout", "5x", "--namespace", "default"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--idle-timeout") && err.contains("5x"), "{err}");
+    assert!(
+        err.contains("--idle-timeout") && err.contains("5x"),
+        "{err}"
+    );
 }
 
 #[test]

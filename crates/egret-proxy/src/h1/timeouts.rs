@@ -10,20 +10,22 @@
 //! - reading a request head: `stream_idle` without a byte, and `request_headers` in all;
 //! - reading a request body or writing a response: `stream_idle` without progress.
 //!
-//! Cost on the hot path: one timer per connection, armed lazily the first time an operation
-//! would block, and re-armed only when it fires early or a tighter deadline is needed. A busy
-//! keep-alive connection reads the clock once per request (when it waits for the next one)
-//! and never touches the timer wheel: the armed deadline lags behind, fires at most once per
-//! `idle`, and is moved to the deadline that holds then.
+//! Cost on the hot path: no tokio timer. A tokio timer per connection would make every park
+//! of the data-plane runtime walk the timer wheel and read the clock twice (callgrind: ~570
+//! instructions per request, 1.7 %). Instead each connection publishes its current deadline
+//! in a small shared slot, and one process-wide sweeper thread (`egret-timers`) wakes the
+//! connections whose deadline has passed. Deadlines are computed from a coarse clock the
+//! sweeper keeps (one atomic load, no `clock_gettime`), so they hold to within one sweep
+//! interval: a tenth of the shortest limit in use, between 5 ms and 1 s.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
 /// The three limits; `None` disables one (Envoy: `0s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,15 +74,15 @@ pub struct Timed<S> {
     io: S,
     limits: Timeouts,
     phase: Phase,
-    /// Progress since the last time the clock was read (or a new phase): the next wait
-    /// restarts the inactivity deadline.
+    /// Progress since the deadline was last computed (or a new phase): the next wait restarts
+    /// the inactivity deadline.
     fresh: bool,
-    /// The inactivity deadline of the current wait.
-    inactive_at: Option<Instant>,
+    /// The inactivity deadline of the current wait (coarse milliseconds, see [`coarse_now`]).
+    inactive_at: Option<u64>,
     /// `request_headers`' deadline, set at the first wait inside a head.
-    head_at: Option<Instant>,
-    /// Lazily created; boxed so that this wrapper (and the connection's future) stays `Unpin`.
-    timer: Option<Pin<Box<Sleep>>>,
+    head_at: Option<u64>,
+    /// This connection's slot in the sweeper's list; made at the first wait.
+    slot: Option<Arc<Slot>>,
     expired: Option<Expired>,
 }
 
@@ -93,7 +95,7 @@ impl<S> Timed<S> {
             fresh: true,
             inactive_at: None,
             head_at: None,
-            timer: None,
+            slot: None,
             expired: None,
         }
     }
@@ -123,7 +125,7 @@ impl<S> Timed<S> {
         self.fresh = true;
     }
 
-    /// An operation would block: `Pending` (woken by the socket or the timer), or a
+    /// An operation would block: `Pending` (woken by the socket or the sweeper), or a
     /// `TimedOut` error once the deadline of the current phase has passed.
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let inactivity = match self.phase {
@@ -132,10 +134,13 @@ impl<S> Timed<S> {
         };
         if self.fresh {
             self.fresh = false;
-            let now = Instant::now();
-            self.inactive_at = inactivity.map(|d| now + d);
+            let now = coarse_now();
+            self.inactive_at = inactivity.map(|d| now.saturating_add(millis(d)));
             if self.phase == Phase::Head && self.head_at.is_none() {
-                self.head_at = self.limits.request_headers.map(|d| now + d);
+                self.head_at = self
+                    .limits
+                    .request_headers
+                    .map(|d| now.saturating_add(millis(d)));
             }
         }
         let (deadline, which) = match (self.inactive_at, self.head_at) {
@@ -150,28 +155,123 @@ impl<S> Timed<S> {
             ),
             (None, None) => return Poll::Pending,
         };
-        let timer = match &mut self.timer {
-            Some(t) => {
-                // A later deadline needs no timer work: the armed one fires early and is
-                // moved below. Only a tighter one re-arms now.
-                if t.deadline() > deadline {
-                    t.as_mut().reset(deadline);
+        if coarse_now() >= deadline {
+            self.expired = Some(which);
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        let limits = self.limits;
+        let slot = self.slot.get_or_insert_with(|| Slot::register(&limits));
+        slot.arm(deadline, cx.waker());
+        Poll::Pending
+    }
+}
+
+/// What a connection shares with the sweeper: its deadline and whom to wake.
+pub struct Slot {
+    /// Coarse milliseconds; `u64::MAX`: nothing to wake for.
+    deadline: AtomicU64,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Slot {
+    fn register(limits: &Timeouts) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            deadline: AtomicU64::new(u64::MAX),
+            waker: Mutex::new(None),
+        });
+        let shortest = [limits.idle, limits.stream_idle, limits.request_headers]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(MAX_TICK_MS, millis);
+        SWEEP_MS.fetch_min(
+            (shortest / 10).clamp(MIN_TICK_MS, MAX_TICK_MS),
+            Ordering::Relaxed,
+        );
+        SWEEPER.call_once(|| {
+            COARSE_MS.store(clock_ms(), Ordering::Relaxed);
+            if let Err(e) = std::thread::Builder::new()
+                .name("egret-timers".into())
+                .spawn(sweep)
+            {
+                // Without it connections are never cut: said once, loudly.
+                tracing::error!("cannot start the downstream timeout thread: {e}");
+            }
+        });
+        if let Ok(mut all) = SLOTS.lock() {
+            all.push(slot.clone());
+        }
+        slot
+    }
+
+    fn arm(&self, deadline: u64, waker: &Waker) {
+        if let Ok(mut w) = self.waker.lock() {
+            match &*w {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            }
+        }
+        self.deadline.store(deadline, Ordering::Release);
+    }
+}
+
+/// Every connection's slot; the sweeper drops those whose connection has ended.
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+static SWEEPER: Once = Once::new();
+/// The sweep interval in milliseconds (see the module docs).
+static SWEEP_MS: AtomicU64 = AtomicU64::new(MAX_TICK_MS);
+/// The coarse clock: milliseconds since [`epoch`], as of the last sweep.
+static COARSE_MS: AtomicU64 = AtomicU64::new(0);
+const MIN_TICK_MS: u64 = 5;
+const MAX_TICK_MS: u64 = 1000;
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn clock_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The sweeper's clock: at most one sweep interval behind.
+fn coarse_now() -> u64 {
+    COARSE_MS.load(Ordering::Relaxed)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `egret-timers` thread: advance the coarse clock, wake connections past their
+/// deadline, forget ended ones.
+fn sweep() {
+    let mut due = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(SWEEP_MS.load(Ordering::Relaxed)));
+        let now = clock_ms();
+        COARSE_MS.store(now, Ordering::Relaxed);
+        if let Ok(mut all) = SLOTS.lock() {
+            all.retain(|s| Arc::strong_count(s) > 1);
+            for s in all.iter() {
+                let d = s.deadline.load(Ordering::Acquire);
+                // Disarmed first, so that a connection woken for an old deadline is not woken
+                // again at every sweep; it re-arms with its current one if it still waits.
+                if now >= d
+                    && s.deadline
+                        .compare_exchange(d, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    due.push(s.clone());
                 }
-                t
             }
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        loop {
-            ready!(timer.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                self.expired = Some(which);
-                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        // Woken outside the list's lock: a wake may run the connection's task inline.
+        for s in due.drain(..) {
+            let w = s.waker.lock().ok().and_then(|mut w| w.take());
+            if let Some(w) = w {
+                w.wake();
             }
-            // Fired early (armed for an older wait): re-arm for this one and poll again, which
-            // registers the waker.
-            timer.as_mut().reset(deadline);
         }
     }
 }
