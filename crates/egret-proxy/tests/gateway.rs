@@ -461,22 +461,25 @@ spec:
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn reload_adds_and_removes_server_ports() {
-    let ca = TestCa::new("ext").unwrap();
-    let cnn = external("cnn-reload", &ca, &["cnn.test"]);
-    let yaml = |port: u16| {
-        format!(
-            "{}---
+/// cnn.test behind the egress gateway, with an HTTP server on each of `ports`.
+fn cnn_on_ports(cnn: &InProcessServer, ports: &[u16]) -> String {
+    let servers: String = ports
+        .iter()
+        .map(|p| {
+            format!(
+                "  - port: {{number: {p}, name: http-{p}, protocol: HTTP}}\n    hosts: [cnn.test]\n"
+            )
+        })
+        .collect();
+    format!(
+        "{}---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: istio-egressgateway, namespace: istio-system}}
 spec:
   selector: {{istio: egressgateway}}
   servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: [cnn.test]
----
+{servers}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: cnn}}
@@ -486,9 +489,15 @@ spec:
   http:
   - route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
 ",
-            external_se("cnn.test", &cnn)
-        )
-    };
+        external_se("cnn.test", cnn)
+    )
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_server_ports() {
+    let ca = TestCa::new("ext").unwrap();
+    let cnn = external("cnn-reload", &ca, &["cnn.test"]);
+    let yaml = |port: u16| cnn_on_ports(&cnn, &[port]);
     let gw = Sidecar::gateway(&yaml(80), LABELS, &[80, 8080]).await;
     let old = gw.addr(80);
     assert_eq!(get(old, "cnn.test", "/", &[]).await.status, 200);
@@ -514,32 +523,7 @@ async fn port_added_by_reload_is_served_on_every_thread() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = TestCa::new("ext").unwrap();
     let cnn = external("cnn-threads", &ca, &["cnn.test"]);
-    let yaml = |ports: &[u16]| {
-        let servers: String = ports
-            .iter()
-            .map(|p| format!("  - port: {{number: {p}, name: http-{p}, protocol: HTTP}}\n    hosts: [cnn.test]\n"))
-            .collect();
-        format!(
-            "{}---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: istio-egressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-{servers}---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: cnn}}
-spec:
-  hosts: [cnn.test]
-  gateways: [istio-system/istio-egressgateway]
-  http:
-  - route: [{{destination: {{host: cnn.test, port: {{number: 80}}}}}}]
-",
-            external_se("cnn.test", &cnn)
-        )
-    };
+    let yaml = |ports: &[u16]| cnn_on_ports(&cnn, ports);
     let (worker, _stop) = worker_thread(1);
     let gw = Sidecar::gateway_workers(
         &yaml(&[80]),

@@ -276,13 +276,11 @@ fn sweep() {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.io).poll_read(cx, buf) {
+impl<S> Timed<S> {
+    /// After an operation on the connection: progress restarts the inactivity deadline; a
+    /// would-block waits under the current one.
+    fn settle<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
             Poll::Ready(r) => {
                 self.progress();
                 Poll::Ready(r)
@@ -295,22 +293,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> AsyncRead for Timed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.settle(cx, r)
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                self.progress();
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                ready!(self.wait(cx))?;
-                Poll::Pending
-            }
-        }
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.settle(cx, r)
     }
 
     fn poll_write_vectored(
@@ -318,16 +319,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                self.progress();
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                ready!(self.wait(cx))?;
-                Poll::Pending
-            }
-        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.settle(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -335,25 +328,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(r) => {
-                self.progress();
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                ready!(self.wait(cx))?;
-                Poll::Pending
-            }
-        }
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.settle(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.io).poll_shutdown(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                ready!(self.wait(cx))?;
-                Poll::Pending
-            }
-        }
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.settle(cx, r)
     }
 }
