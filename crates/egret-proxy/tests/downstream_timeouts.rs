@@ -12,36 +12,17 @@ use std::time::Duration;
 
 use common::*;
 use egret_proxy::h1::timeouts::Timeouts;
-use egret_testkit::server::{InProcessServer, TestServerConfig};
+use egret_testkit::server::InProcessServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn config(srv: &InProcessServer) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api}}
-spec:
-  hosts: [api.example.test]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
-",
-        srv.plain_addrs()[0].port()
-    )
-}
 
 fn ms(n: u64) -> Option<Duration> {
     Some(Duration::from_millis(n))
 }
 
 async fn sidecar(timeouts: Timeouts) -> (Sidecar, InProcessServer) {
-    let srv = InProcessServer::start(
-        None,
-        TestServerConfig::new("api").plain("127.0.0.1:0".parse().unwrap()),
-    )
-    .unwrap();
-    let sc = Sidecar::start_timeouts(&config(&srv), timeouts).await;
+    let srv = server("api");
+    let sc = Sidecar::start_timeouts(&se("api", "api.example.test", &srv), timeouts).await;
     (sc, srv)
 }
 

@@ -15,8 +15,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::Sidecar;
-use egret_testkit::{InProcessServer, TestServerConfig};
+use common::{Sidecar, se, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -65,24 +64,8 @@ async fn open_idle(proxy: SocketAddr, n: usize) -> Vec<TcpStream> {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_hold_no_buffers() {
-    let a = InProcessServer::start(
-        None,
-        TestServerConfig::new("a").plain("127.0.0.1:0".parse().unwrap()),
-    )
-    .unwrap();
-    let yaml = format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api}}
-spec:
-  hosts: [api.example.test]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
-",
-        a.plain_addrs()[0].port()
-    );
+    let a = server("a");
+    let yaml = se("api", "api.example.test", &a);
     let sc = Sidecar::start(&yaml).await;
     let n = 1000.min(open_files_limit().saturating_sub(200) / 2);
     assert!(n >= 200, "too few open files allowed to measure");

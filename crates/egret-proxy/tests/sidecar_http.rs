@@ -9,36 +9,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use egret_testkit::server::{InProcessServer, TestServerConfig};
-
-fn server(name: &str) -> InProcessServer {
-    InProcessServer::start(
-        None,
-        TestServerConfig::new(name).plain("127.0.0.1:0".parse().unwrap()),
-    )
-    .unwrap()
-}
-
-fn port(s: &InProcessServer) -> u16 {
-    s.plain_addrs()[0].port()
-}
-
-/// A STATIC ServiceEntry `host` on port 80 whose endpoint is the test server.
-fn se(name: &str, host: &str, srv: &InProcessServer) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
-",
-        port(srv)
-    )
-}
 
 const REGISTRY_ONLY: &str = "---
 apiVersion: install.istio.io/v1alpha1

@@ -880,8 +880,14 @@ mod tests {
         assert!(matches!(task.await.unwrap(), Served::Closed));
     }
 
-    fn ms(n: u64) -> Option<std::time::Duration> {
-        Some(std::time::Duration::from_millis(n))
+    /// Idle, stream-idle and request-headers limits in milliseconds.
+    fn limits(idle: u64, stream_idle: u64, request_headers: u64) -> Timeouts {
+        let ms = |n| Some(std::time::Duration::from_millis(n));
+        Timeouts {
+            idle: ms(idle),
+            stream_idle: ms(stream_idle),
+            request_headers: ms(request_headers),
+        }
     }
 
     /// A test's upper bound on a server that must end by itself (not a timing assertion: the
@@ -895,12 +901,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_timeout_counts_from_the_last_request() {
-        let limits = Timeouts {
-            idle: ms(300),
-            stream_idle: ms(5000),
-            request_headers: ms(5000),
-        };
-        let (addr, task) = start_timed(echo, limits).await;
+        let (addr, task) = start_timed(echo, limits(300, 5000, 5000)).await;
         let mut c = TcpStream::connect(addr).await.unwrap();
         let one = b"GET /a HTTP/1.1\r\nHost: x.test\r\n\r\n";
         let mut expected = String::new();
@@ -920,12 +921,7 @@ mod tests {
 
     #[tokio::test]
     async fn slowloris_head_gets_408_at_the_request_headers_timeout() {
-        let limits = Timeouts {
-            idle: ms(5000),
-            stream_idle: ms(5000),
-            request_headers: ms(300),
-        };
-        let (addr, task) = start_timed(echo, limits).await;
+        let (addr, task) = start_timed(echo, limits(5000, 5000, 300)).await;
         let c = TcpStream::connect(addr).await.unwrap();
         let (mut rd, mut wr) = c.into_split();
         // One header line every 70 ms, never the blank line: always active, never done.
@@ -956,12 +952,7 @@ mod tests {
 
     #[tokio::test]
     async fn stalled_body_gets_408_at_the_stream_idle_timeout() {
-        let limits = Timeouts {
-            idle: ms(5000),
-            stream_idle: ms(300),
-            request_headers: ms(5000),
-        };
-        let (addr, task) = start_timed(echo, limits).await;
+        let (addr, task) = start_timed(echo, limits(5000, 300, 5000)).await;
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(b"POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 10\r\n\r\nabc")
             .await
@@ -980,12 +971,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_that_stops_reading_is_dropped_at_the_stream_idle_timeout() {
-        let limits = Timeouts {
-            idle: ms(5000),
-            stream_idle: ms(300),
-            request_headers: ms(5000),
-        };
-        let (addr, task) = start_timed(echo, limits).await;
+        let (addr, task) = start_timed(echo, limits(5000, 300, 5000)).await;
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(b"GET /endless HTTP/1.1\r\nHost: x.test\r\n\r\n")
             .await

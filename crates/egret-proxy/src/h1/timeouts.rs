@@ -82,7 +82,7 @@ pub struct Timed<S> {
     /// `request_headers`' deadline, set at the first wait inside a head.
     head_at: Option<u64>,
     /// This connection's slot in the sweeper's list; made at the first wait.
-    slot: Option<Arc<Slot>>,
+    slot: Option<SlotHandle>,
     expired: Option<Expired>,
 }
 
@@ -160,8 +160,10 @@ impl<S> Timed<S> {
             return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
         }
         let limits = self.limits;
-        let slot = self.slot.get_or_insert_with(|| Slot::register(&limits));
-        slot.arm(deadline, cx.waker());
+        let slot = self
+            .slot
+            .get_or_insert_with(|| SlotHandle(Slot::register(&limits)));
+        slot.0.arm(deadline, cx.waker());
         Poll::Pending
     }
 }
@@ -212,6 +214,20 @@ impl Slot {
             }
         }
         self.deadline.store(deadline, Ordering::Release);
+    }
+}
+
+/// The connection's hold on its slot. Dropped with the connection (or when the server hands
+/// the socket to hyper), it disarms the slot and lets go of the waker at once: a waker keeps
+/// its task's memory alive, and the sweeper forgets the slot only at its next sweep.
+struct SlotHandle(Arc<Slot>);
+
+impl Drop for SlotHandle {
+    fn drop(&mut self) {
+        self.0.deadline.store(u64::MAX, Ordering::Release);
+        if let Ok(mut w) = self.0.waker.lock() {
+            *w = None;
+        }
     }
 }
 
@@ -335,5 +351,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Timed<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.io).poll_shutdown(cx);
         self.settle(cx, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use std::task::Wake;
+
+    struct Counted;
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// A connection that ends lets go of its waker at once, not at the sweeper's next pass:
+    /// the waker keeps the connection's task (and its memory) alive.
+    #[tokio::test]
+    async fn ended_connection_releases_its_waker_at_once() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = Timed::new(server, Timeouts::default());
+        let task = Arc::new(Counted);
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut space = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
+        let slot = io.slot.as_ref().map(|h| h.0.clone()).expect("armed");
+        assert_ne!(slot.deadline.load(Ordering::Relaxed), u64::MAX);
+        drop(io);
+        drop(client);
+        // Only the test's own two references are left (the slot is still in the sweeper's
+        // list until its next pass).
+        assert_eq!(Arc::strong_count(&task), 2);
+        assert_eq!(slot.deadline.load(Ordering::Relaxed), u64::MAX);
+        assert!(slot.waker.lock().unwrap().is_none());
     }
 }

@@ -17,6 +17,7 @@ use egret_model::{ProxyIdentity, Role};
 use egret_proxy::config::SourceConfig;
 use egret_proxy::sidecar::{self, Running, SidecarOptions};
 use egret_proxy::tls::CredentialStore;
+use egret_testkit::server::{InProcessServer, TestServerConfig};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -375,4 +376,35 @@ pub async fn curl(args: &[&str]) -> (i32, String) {
 
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
+}
+
+/// A plain-HTTP test server on an ephemeral loopback port.
+pub fn server(name: &str) -> InProcessServer {
+    InProcessServer::start(
+        None,
+        TestServerConfig::new(name).plain("127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap()
+}
+
+/// Its plain-HTTP port.
+pub fn port(s: &InProcessServer) -> u16 {
+    s.plain_addrs()[0].port()
+}
+
+/// A STATIC ServiceEntry `host` on port 80 whose endpoint is the test server.
+pub fn se(name: &str, host: &str, srv: &InProcessServer) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+",
+        port(srv)
+    )
 }
