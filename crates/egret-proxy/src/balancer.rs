@@ -209,8 +209,14 @@ pub fn choose(cluster: &Cluster, state: Option<&ClusterRuntime>, ctx: &PickCtx) 
     if n == 0 {
         return None;
     }
-    let now = crate::outlier::now_ms();
     let health = state.and_then(|s| s.health.as_ref());
+    // One endpoint and no outlier detection (a typical external service): it is the answer
+    // whenever it can take traffic at all; what follows chooses among several.
+    if n == 1 && health.is_none() {
+        return (eps[0].effective_weight() > 0).then_some(0);
+    }
+    // The clock is read only when ejections need it.
+    let now = health.map_or(0, |_| crate::outlier::now_ms());
     let panic = health.is_some_and(|h| h.panic(now));
     let healthy = |i: usize| {
         eps[i].effective_weight() > 0 && (panic || !health.is_some_and(|h| h.is_ejected(i, now)))

@@ -462,8 +462,8 @@ async fn outbound_policy(
         );
     }
     tracing::info!(target: "policy", host, %addr, "ALLOW_ANY: passthrough");
-    let mut req = strip_hop_by_hop(req, &authority);
-    let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut req, upgrade) = strip_hop_by_hop(req, &authority);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = req.map(|b| b.boxed());
     let limits = crate::upstream::PoolLimits::default();
     let connect_timeout = Duration::from_secs(10);
@@ -706,14 +706,30 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Make the request fit for the upstream: origin-form URI, Host = authority, no hop-by-hop
-/// headers (an upgrade keeps `Upgrade` and `Connection: upgrade`).
-fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Incoming> {
-    let upgrade = is_upgrade(&req);
-    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+/// headers (an upgrade keeps `Upgrade` and `Connection: upgrade`). Also says whether the
+/// request asks for an upgrade.
+fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> (Request<Incoming>, bool) {
+    // One look at each header name instead of a hash lookup per question: a request has a
+    // handful of headers.
+    let (mut upgrade_header, mut connection, mut hop, mut host, mut request_id) =
+        (false, false, false, false, false);
+    for k in req.headers().keys() {
+        upgrade_header |= k == header::UPGRADE;
+        connection |= k == header::CONNECTION;
+        host |= k == header::HOST;
+        request_id |= k == X_REQUEST_ID;
+        hop |= HOP_BY_HOP_NAMES.contains(k);
+    }
+    let upgrade = upgrade_header && is_upgrade(&req);
+    let upgrade_value = if upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     let h = req.headers_mut();
     // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1). Most
     // requests have no `Connection` header: nothing is allocated for them.
-    if h.contains_key(header::CONNECTION) {
+    if connection {
         let listed: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -724,30 +740,28 @@ fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Inco
         for name in listed {
             h.remove(name);
         }
+        // It may have named `host` or `x-request-id`.
+        host = h.contains_key(header::HOST);
+        request_id = h.contains_key(X_REQUEST_ID);
     }
-    // Pre-parsed names, and removals only when one is there: a request has a handful of
-    // headers, and looking at each is cheaper than eight hash lookups.
-    if h.keys().any(|k| HOP_BY_HOP_NAMES.contains(k)) {
+    if hop {
         for name in &HOP_BY_HOP_NAMES {
             h.remove(name);
         }
     }
-    if upgrade && let Some(u) = upgrade_value {
+    if let Some(u) = upgrade_value {
         h.insert(header::UPGRADE, u);
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if !h.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(authority)
-    {
+    if !host && let Ok(v) = HeaderValue::from_str(authority) {
         h.insert(header::HOST, v);
     }
-    if !h.contains_key(X_REQUEST_ID) {
-        let id = format!(
-            "{:016x}{:016x}",
-            crate::upstream::random(),
-            crate::upstream::random()
-        );
-        if let Ok(v) = HeaderValue::from_str(&id) {
+    // Envoy generates `x-request-id` when the request has none (`generate_request_id`).
+    if !request_id {
+        let mut id = [0u8; 32];
+        hex16(&mut id[..16], crate::upstream::random());
+        hex16(&mut id[16..], crate::upstream::random());
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
             h.insert(X_REQUEST_ID, v);
         }
     }
@@ -766,7 +780,15 @@ fn strip_hop_by_hop(mut req: Request<Incoming>, authority: &str) -> Request<Inco
         }
     }
     *req.version_mut() = http::Version::HTTP_11;
-    req
+    (req, upgrade)
+}
+
+/// `n` as 16 lowercase hex digits (`{:016x}` without the formatting machinery).
+fn hex16(out: &mut [u8], n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, d) in out.iter_mut().take(16).enumerate() {
+        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy ones Envoy removes), parsed at compile
@@ -869,7 +891,7 @@ async fn forward(
             None => host.into(),
         },
     };
-    let mut req = strip_hop_by_hop(req, &authority);
+    let (mut req, _) = strip_hop_by_hop(req, &authority);
     if conn.mode == Mode::Gateway && cluster.location == egret_config::types::Location::MeshExternal
     {
         strip_mesh_headers(req.headers_mut());

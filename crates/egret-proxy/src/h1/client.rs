@@ -25,6 +25,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::body::BoxError;
@@ -246,7 +247,10 @@ impl Conn {
     ) -> Result<Response<Body>, Error> {
         let head_request = method == Method::HEAD;
         // A caller that asks to close (never the proxied path: http.rs strips `connection`).
-        let close_requested = has_token(headers, header::CONNECTION, "close");
+        let close_requested = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"close"));
         self.write_request(method, uri, headers, body).await?;
         let head = loop {
             if let Some(h) = parse_head(&mut self.buf)? {
@@ -274,37 +278,36 @@ impl Conn {
             version,
             headers,
             reason,
+            framing,
         } = head;
-        let te = headers.contains_key(header::TRANSFER_ENCODING);
         let kind = if head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             Kind::Done
-        } else if te {
-            if last_token_is(&headers, header::TRANSFER_ENCODING, "chunked") {
+        } else if framing.te {
+            if framing.chunked {
                 Kind::Chunked(Chunked::default())
             } else {
                 // A transfer coding other than chunked: the body runs to the end of the
                 // connection (RFC 9112 §6.3 p.4, response case).
                 Kind::Close
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            match content_length(&headers) {
-                Some(0) => Kind::Done,
-                Some(n) => Kind::Length(n),
-                None => return Err(Error::Parse("invalid content-length")),
-            }
         } else {
-            Kind::Close
+            match framing.length {
+                Length::Is(0) => Kind::Done,
+                Length::Is(n) => Kind::Length(n),
+                Length::Invalid => return Err(Error::Parse("invalid content-length")),
+                Length::Absent => Kind::Close,
+            }
         };
         // Reuse needs HTTP/1.1 (an HTTP/1.0 server closes unless told otherwise, and egret
         // does not ask), no `connection: close` either way, and unambiguous framing.
         let keep_alive = !(version != Version::HTTP_11
             || close_requested
-            || has_token(&headers, header::CONNECTION, "close")
-            || (te && headers.contains_key(header::CONTENT_LENGTH))
+            || framing.close
+            || (framing.te && framing.length != Length::Absent)
             || matches!(kind, Kind::Close));
         let mut body = Body {
             conn: Some(self),
@@ -482,14 +485,65 @@ struct Head {
     headers: HeaderMap,
     /// The reason phrase when it is not the status code's usual one (passed on like hyper).
     reason: Option<Bytes>,
+    /// What the framing headers say, read while the head is parsed (no lookups afterwards).
+    framing: HeadFraming,
+}
+
+/// The response's framing headers, as [`parse_head`] saw them.
+#[derive(Default)]
+struct HeadFraming {
+    /// A `transfer-encoding` header is present.
+    te: bool,
+    /// The last coding of the last `transfer-encoding` header is `chunked`
+    /// (`transfer-encoding: gzip, chunked`).
+    chunked: bool,
+    /// The `content-length` headers, merged.
+    length: Length,
+    /// A `connection` header lists `close`.
+    close: bool,
+}
+
+/// Every `content-length` value (and list element) must be the same number (RFC 9112 §6.3).
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+enum Length {
+    #[default]
+    Absent,
+    Is(u64),
+    Invalid,
+}
+
+impl Length {
+    fn merge(self, value: &[u8]) -> Length {
+        let mut len = self;
+        for part in value.split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Length::Invalid;
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            len = match len {
+                Length::Absent => Length::Is(n),
+                Length::Is(l) if l == n => len,
+                _ => return Length::Invalid,
+            };
+        }
+        len
+    }
 }
 
 /// Parse a response head off the front of `buf`: `None` until it is complete.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut slots);
+    // Uninitialised slots: nothing per response is zeroed beyond the headers that are there
+    // (the 100-slot arrays cost ~5 KiB of stores per response; callgrind, bench/NOTES.md).
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
     let limit = buf.len().min(MAX_HEAD);
-    let len = match r.parse(&buf[..limit]) {
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut r,
+        &buf[..limit],
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if limit == MAX_HEAD => return Err(Error::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -504,19 +558,33 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Header positions in the buffer, so the values can share the frozen head.
+    // Header positions in the buffer, so the values can share the frozen head; the framing
+    // headers are read on the way.
     let base = buf.as_ptr() as usize;
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let n = r.headers.len();
-    for (slot, h) in at.iter_mut().zip(r.headers.iter()) {
+    let mut at: SmallVec<[(u32, u32, u32, u32); 24]> = SmallVec::new();
+    let mut framing = HeadFraming::default();
+    for h in r.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            framing.length = framing.length.merge(h.value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            framing.te = true;
+            framing.chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            framing.close |= has_token(h.value, b"close");
+        }
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
-        *slot = (
+        at.push((
             name as u32,
             (name + h.name.len()) as u32,
             value as u32,
             (value + h.value.len()) as u32,
-        );
+        ));
     }
     let reason = r
         .reason
@@ -529,8 +597,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     // Room for one header the proxy may add to a response: growing a header map rehashes
     // it, and more room would take the map out of the allocator's small-size cache (see
     // `server::parse`).
-    let mut headers = HeaderMap::with_capacity(n + 1);
-    for &(ns, ne, vs, ve) in &at[..n] {
+    let mut headers = HeaderMap::with_capacity(at.len() + 1);
+    for &(ns, ne, vs, ve) in &at {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Parse("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
@@ -542,44 +610,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         version,
         headers,
         reason: reason.map(|(s, e)| head.slice(s..e)),
+        framing,
     }))
 }
 
-/// Does any `name` header list `token` (comma-separated, case-insensitive)?
-fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
-/// Is `token` the last coding of the `name` headers (`transfer-encoding: gzip, chunked`)?
-fn last_token_is(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// The `content-length`: every value (and list element) must be the same number.
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    let mut len = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if len.is_some_and(|l| l != n) {
-                return None;
-            }
-            len = Some(n);
-        }
-    }
-    len
+/// Does a comma-separated header value list `token` (case-insensitive)?
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How the response body is delimited, and how much of it is left.

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::InBody;
@@ -248,8 +249,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let mut body_len: Option<usize> = None;
     // (name start, name end, value start, value end) of each header in the head, to slice the
     // frozen head below; both ends are inside the head, at most MAX_HEAD (16 KiB) long.
-    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-    for (i, h) in r.headers.iter().enumerate() {
+    let mut spans: SmallVec<[(u16, u16, u16, u16); 16]> = SmallVec::new();
+    for h in r.headers.iter() {
         let name = h.name.as_bytes();
         // Upgrades (WebSocket), `100-continue` and streamed uploads are hyper's.
         if name.eq_ignore_ascii_case(b"upgrade")
@@ -279,19 +280,18 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         }
         let ns = h.name.as_ptr() as usize - base;
         let vs = h.value.as_ptr() as usize - base;
-        spans[i] = (
+        spans.push((
             ns as u16,
             (ns + name.len()) as u16,
             vs as u16,
             (vs + h.value.len()) as u16,
-        );
+        ));
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::HandOff;
     };
     let path_start = path.as_ptr() as usize - base;
     let path_end = path_start + path.len();
-    let count = r.headers.len();
     // The borrow of `buf` by the parser ends here: take the head out and share it.
     let head = buf.split_to(head_len).freeze();
     // Origin form or absolute form, as hyper parses it (`Uri::from_maybe_shared`); hyper
@@ -307,8 +307,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     // Room for the two headers the proxy adds on the way (x-request-id, x-forwarded-proto):
     // growing a header map rehashes it. Not more: the map's entries are ~112 bytes each, and
     // a typical head's map stays in the allocator's small-size cache (<= 1 KiB).
-    let mut map = HeaderMap::with_capacity(count + 2);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    let mut map = HeaderMap::with_capacity(spans.len() + 2);
+    for &(ns, ne, vs, ve) in &spans {
         // httparse admits only non-empty tokens as names, all of which are valid header names
         // here (the head is far below HeaderName's 64 KiB limit): this never skips one.
         let Ok(name) = HeaderName::from_bytes(&head[usize::from(ns)..usize::from(ne)]) else {
@@ -365,12 +365,20 @@ async fn write_response<S: AsyncWrite + Unpin>(
     let status = parts.status;
     // hyper: a response that says `Connection: close` is the last one on the connection, and
     // so is `101` (what follows is another protocol; never sent here, upgrades are hyper's).
-    let mut keep_alive = status != StatusCode::SWITCHING_PROTOCOLS
-        && !parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
+    // One look at each header instead of a lookup per question.
+    let (mut close, mut te) = (false, false);
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            close |= has_token(value.as_bytes(), b"close");
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+        }
+    }
+    let mut keep_alive = status != StatusCode::SWITCHING_PROTOCOLS && !close;
+    if te {
+        // The framing is ours to choose: a stale hop-by-hop header from elsewhere would lie.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+    }
     let framing = framing(&mut parts.headers, status, head_request, &body);
     let mut head = Vec::with_capacity(64 + parts.headers.len() * 48);
     encode_head(&mut head, status, &parts.headers);
@@ -491,8 +499,7 @@ fn framing(
     head_request: bool,
     body: &RespBody,
 ) -> Framing {
-    // The framing is ours to choose: a stale hop-by-hop header from elsewhere would lie.
-    headers.remove(header::TRANSFER_ENCODING);
+    // (`transfer-encoding` was removed by the caller: the framing is ours to choose.)
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -558,13 +565,16 @@ fn encode_head(dst: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
         dst.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
+    // Seen on the way rather than looked up after (one hash lookup less per response).
+    let mut date = false;
     for (name, value) in headers {
+        date |= name == header::DATE;
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !date {
         dst.extend_from_slice(b"date: ");
         put_date(dst);
         dst.extend_from_slice(b"\r\n");
