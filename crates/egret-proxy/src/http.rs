@@ -67,7 +67,6 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
-    let start = Instant::now();
     let mut req = req;
     let rt = proxy.state.load_full();
     // Boxed at once: the record lives across the whole request, and inline it would add its
@@ -120,7 +119,7 @@ pub async fn handle(
         out.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         or_dash(&out.cluster),
         conn.orig_dst.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-        start.elapsed().as_millis(),
+        rec.started().elapsed().as_millis(),
         or_dash(&out.route),
         conn.principal(),
     );

@@ -82,8 +82,11 @@ pub fn retriable(on: &RetryOn, a: Attempt<'_>) -> bool {
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-    h.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+    // Read on every response under Istio's default `retryOn` (it lists `unavailable` and
+    // `cancelled`): comparing the few names a response has is cheaper than hashing this
+    // custom name for a lookup. The first value counts, as `HeaderMap::get`.
+    let (_, v) = h.iter().find(|(k, _)| k.as_str() == "grpc-status")?;
+    v.to_str().ok()?.parse().ok()
 }
 
 /// Does the policy retry anything beyond connect failures (which need no replay)?

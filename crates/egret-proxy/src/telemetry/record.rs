@@ -64,12 +64,31 @@ impl HttpRecord {
         conn: &Arc<ConnInfo>,
         req: &mut Request<B>,
     ) -> HttpRecord {
-        let request_id = http::HeaderName::from_static("x-request-id");
-        if !req.headers().contains_key(&request_id) {
+        // What the record needs from the request headers, in one look at each (a lookup per
+        // header costs a hash and a probe; a request has a handful of headers).
+        let request_id_name = http::HeaderName::from_static("x-request-id");
+        let (mut request_id, mut request_bytes, mut grpc) = (None, None, None);
+        for (name, value) in req.headers() {
+            if name == request_id_name {
+                request_id.get_or_insert_with(|| value.clone());
+            } else if name == http::header::CONTENT_LENGTH {
+                request_bytes.get_or_insert_with(|| {
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                });
+            } else if name == http::header::CONTENT_TYPE {
+                grpc.get_or_insert_with(|| value.as_bytes().starts_with(b"application/grpc"));
+            }
+        }
+        if request_id.is_none() {
             // One allocation: the header value takes the string's buffer.
             let id = Bytes::from(super::trace::request_id());
             if let Ok(v) = HeaderValue::from_maybe_shared(id) {
-                req.headers_mut().insert(request_id, v);
+                req.headers_mut().insert(request_id_name, v.clone());
+                request_id = Some(v);
             }
         }
         let span = rt.tracer.as_ref().map(|t| t.start(req.headers_mut()));
@@ -82,16 +101,8 @@ impl HttpRecord {
                 .collect(),
             None => Vec::new(),
         };
-        let request_bytes = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let request_bytes = request_bytes.unwrap_or(0);
+        let grpc = grpc.unwrap_or(false);
         HttpRecord {
             tel: tel.clone(),
             rt: rt.clone(),
@@ -104,7 +115,7 @@ impl HttpRecord {
             headers,
             request_bytes,
             grpc,
-            request_id: req.headers().get("x-request-id").cloned(),
+            request_id,
             authority: String::new(),
             status: 0,
             flags: "-",
@@ -117,6 +128,11 @@ impl HttpRecord {
             span,
             response_bytes: 0,
         }
+    }
+
+    /// When the request arrived (the access log's start time).
+    pub fn started(&self) -> Instant {
+        self.start
     }
 
     /// The response headers are ready: what happened, and to which destination.
