@@ -255,13 +255,8 @@ def start_nginx_proxy(procs, work, pki):
     return procs.start("nginx", ["nginx", "-c", conf, "-e", f"{work}/nginx/error.log"])
 
 
-def start_haproxy(procs, work, pki):
-    cfg = f"""global
-    nbthread 2
-    maxconn 8000
-    tune.ssl.default-dh-param 2048
-    stats socket {work}/haproxy.sock
-defaults
+# HTTP keep-alive both ways and upstream connection reuse (also bench/callgrind.py's).
+HAPROXY_DEFAULTS = """defaults
     mode http
     timeout connect 5s
     timeout client 600s
@@ -269,7 +264,16 @@ defaults
     timeout http-keep-alive 600s
     http-reuse always
     option http-keep-alive
-frontend plain
+"""
+
+
+def start_haproxy(procs, work, pki):
+    cfg = f"""global
+    nbthread 2
+    maxconn 8000
+    tune.ssl.default-dh-param 2048
+    stats socket {work}/haproxy.sock
+{HAPROXY_DEFAULTS}frontend plain
     bind 127.0.0.1:{P['haproxy']} backlog 8192
     bind 127.0.0.1:{P['haproxy_h2']} proto h2 backlog 8192
     bind 127.0.0.1:{P['haproxy_tls_term']} ssl crt {pki}/haproxy.pem ssl-min-ver TLSv1.3 no-tls-tickets backlog 8192
