@@ -13,7 +13,6 @@ import http.client
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,19 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EGRET = os.path.join(ROOT, "target", "release", "egret")
 PORT = h.PB + 95  # the subject under valgrind
 ADMIN = h.PB + 96
-
-
-def wait_port(port, proc, seconds=120):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"callgrind: the subject exited ({proc.returncode}) before serving")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"callgrind: nothing listens on {port} after {seconds} s")
 
 
 def drive(port, target, n):
@@ -58,7 +44,8 @@ def instructions(work, name, argv, target, n, stop_signal):
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        wait_port(PORT, p)
+        # Under valgrind the start-up takes seconds, not milliseconds.
+        h.wait_port(PORT, p, timeout=120)
         drive(PORT, target, n)
     finally:
         p.send_signal(stop_signal)
