@@ -1393,6 +1393,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hex16_is_format_016x() {
+        for n in [0, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut out = [0u8; 16];
+            hex16(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out), Ok(format!("{n:016x}").as_str()));
+        }
+    }
+
+    #[test]
     fn authority_forms() {
         assert_eq!(
             split_authority("Example.COM."),

@@ -28,6 +28,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use super::has_token;
 use crate::body::BoxError;
 use crate::upstream::{PoolKey, PoolLimits, ReqBody, SyncStream};
 
@@ -612,13 +613,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         reason: reason.map(|(s, e)| head.slice(s..e)),
         framing,
     }))
-}
-
-/// Does a comma-separated header value list `token` (case-insensitive)?
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How the response body is delimited, and how much of it is left.

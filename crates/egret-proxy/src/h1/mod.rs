@@ -12,3 +12,11 @@
 pub mod client;
 pub mod server;
 pub mod timeouts;
+
+/// Does a comma-separated header value list `token` (case-insensitive)? (`connection: close`
+/// in either direction.)
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}

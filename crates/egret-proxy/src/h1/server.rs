@@ -27,6 +27,7 @@ use hyper::body::Body;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::has_token;
 use crate::body::InBody;
 use crate::h1::timeouts::{Expired, Phase, Timed, Timeouts};
 use crate::http::RespBody;
@@ -629,13 +630,6 @@ fn chunk_size_line(out: &mut [u8; 20], len: usize) -> &[u8] {
     out[..d.len()].copy_from_slice(d);
     out[d.len()..d.len() + 2].copy_from_slice(b"\r\n");
     &out[..d.len() + 2]
-}
-
-/// Is `token` one of the comma-separated tokens of `value` (case-insensitive)?
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Write every part, in as few `writev` calls as the socket allows.
