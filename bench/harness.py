@@ -633,6 +633,9 @@ def versions():
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         nproc=os.cpu_count(), cpu=cpu, kernel=platform.release(),
         egret=f"{first([EGRET, '--version'])} (git {rev})",
+        # bench/run says which build it measures; otherwise whatever EGRET points at.
+        egret_build=os.environ.get("EGRET_BUILD") or (
+            f"EGRET={EGRET}" if "EGRET" in os.environ else "release (`cargo build --release`)"),
         haproxy=first(["haproxy", "-v"]), nginx=first(["nginx", "-v"]),
         squid=first(["squid", "-v"]), wrk=first(["wrk", "-v"]), h2load=first(["h2load", "--version"]),
         openssl=first(["openssl", "version"]),

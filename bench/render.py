@@ -130,8 +130,11 @@ def render(results, json_rel):
         "proxy share its cores, so absolute numbers are small and noisy — read the **ratios**, which "
         "come from the same run. Method: `bench/README.md`.\n")
     add("| machine | |\n|---|---|")
-    for k in ("date", "cpu", "nproc", "kernel", "egret", "haproxy", "nginx", "squid", "wrk", "h2load", "openssl"):
-        add(f"| {k} | {m.get(k, '?')} |")
+    for k in ("date", "cpu", "nproc", "kernel", "egret", "egret build", "haproxy", "nginx", "squid",
+              "wrk", "h2load", "openssl"):
+        # Runs before 2026-11-22 measured `cargo build --release` and did not record the build.
+        dflt = "release (`cargo build --release`)" if k == "egret build" else "?"
+        add(f"| {k} | {m.get(k.replace(' ', '_'), dflt)} |")
     add("")
     add("Subjects: **direct** (client → backend nginx, 1 worker), **haproxy** (nbthread 2, "
         "`http-reuse always`), **nginx** (2 workers, upstream `keepalive 64`, HTTP/1.1), **egret** "
