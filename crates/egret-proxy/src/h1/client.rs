@@ -42,6 +42,11 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// How much is read at a time: 8 KiB for heads and small bodies, up to 64 KiB for large ones.
 const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 64 * 1024;
+/// A head is read into at least this much free room (the consumed front of the buffer is
+/// reclaimed when nothing else holds it): a head and a small body sent in one segment then
+/// take one read. With 1 KiB of room, 1 KiB bodies took a second read, and a second write
+/// downstream, in 12 % of responses (bench/NOTES.md "Seventh pass").
+const HEAD_ROOM: usize = 4 * 1024;
 /// A read buffer that grew past this (a large head) is not kept by an idle connection.
 const KEEP_BUF: usize = 16 * 1024;
 
@@ -267,7 +272,7 @@ impl Conn {
                 }
                 break h;
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
+            if self.buf.capacity() - self.buf.len() < HEAD_ROOM {
                 self.buf.reserve(READ_MIN);
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
