@@ -8,6 +8,7 @@ client to the same nginx backend, on one data-plane thread (egret `--concurrency
 2,000 is the cost of one request without the start-up. See bench/NOTES.md ("Sixth pass").
 
     bench/callgrind.py            # needs valgrind, haproxy, nginx, openssl; target/release/egret
+    EGRET=target/pgo/use/release/egret bench/callgrind.py    # another build (bench/build-pgo)
 """
 import http.client
 import os
@@ -21,8 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EGRET = os.path.join(ROOT, "target", "release", "egret")
+EGRET = h.EGRET  # target/release/egret unless EGRET is set, as for bench/harness.py
 PORT = h.PB + 95  # the subject under valgrind
 ADMIN = h.PB + 96
 
@@ -67,7 +67,7 @@ def main():
                           capture_output=True).returncode:
             raise SystemExit(f"callgrind: {tool} is missing")
     if not os.access(EGRET, os.X_OK):
-        raise SystemExit("callgrind: build it first: cargo build --release -p egret")
+        raise SystemExit(f"callgrind: {EGRET} is not built (cargo build --release -p egret)")
     os.environ["PATH"] += ":/usr/sbin:/sbin"
     work = tempfile.mkdtemp(prefix="egret-callgrind-")
     procs = h.Procs(work)
