@@ -426,9 +426,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
             }
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) => d,
-                // Trailers: hyper sends them only when the response declared them in
-                // `Trailer`; responses reaching here come from HTTP/1 upstreams (whose
-                // trailers hyper's client drops) or are egret's own.
+                // Trailers are not written to HTTP/1.1 clients, as Envoy's default
+                // (`http_protocol_options.enable_trailers: false`): an upstream's trailers
+                // (`h1/client.rs` parses them, HTTP/2 carries them) end here.
                 Err(_) => continue,
             },
         };
